@@ -1,0 +1,1 @@
+"""The capture stage: source → validation → dedup → gap repair → an output."""

@@ -1,0 +1,146 @@
+"""K2's settings, in one place.
+
+Values come from, highest priority first: keyword arguments, ``K2_*`` environment
+variables (nested with ``__``, e.g. ``K2_BINANCE__WS_URL``), a TOML file (``k2.toml`` in
+the working directory, or the path in ``K2_CONFIG``), then the defaults below.
+An invalid value raises :class:`k2.errors.ConfigError` naming the variable or file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from k2.errors import ConfigError
+
+DataType = Literal["trade", "quote"]
+
+
+class BinanceSettings(BaseModel):
+    """Where and how to reach Binance (or anything speaking its protocol)."""
+
+    ws_url: str = Field(
+        "wss://stream.binance.com:9443", description="WebSocket base URL (live by default)"
+    )
+    rest_url: str = Field("https://api.binance.com", description="REST base URL")
+    micros: bool = Field(False, description="ask for microsecond timestamps (timeUnit)")
+    max_streams_per_connection: int = Field(1024, ge=1, le=1024)
+    max_connection_age_s: float = Field(
+        23.5 * 3600, gt=0, description="hand over to a new connection before Binance's 24 h cut"
+    )
+
+
+class CaptureSettings(BaseModel):
+    """What to capture and how the quality stage behaves."""
+
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT", "DOGEUSDT"]
+    )
+    streams: Annotated[list[DataType], NoDecode] = Field(
+        default_factory=lambda: list[DataType](("trade", "quote"))
+    )
+    batch_max_frames: int = Field(5000, ge=1, description="frames decoded per batch")
+    batch_max_wait_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    dedup_window_s: float = Field(3600.0, gt=0, description="dedup sliding window")
+    dedup_max_entries: int = Field(500_000, ge=1000, description="cap on dedup state")
+    gap_grace_s: float = Field(
+        2.0, ge=0, description="how long a missing trade id may arrive late before repair"
+    )
+    max_future_skew_s: float = Field(
+        60.0, gt=0, description="reject timestamps further than this in the future"
+    )
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = _split_list(v)
+        if isinstance(v, list):
+            return [str(s).upper() for s in v]
+        return v
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _split_streams(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return _split_list(v)
+        return v
+
+
+def _split_list(text: str) -> list[str]:
+    """``"a,b c"`` or a JSON list ``'["a","b"]'`` → ``["a", "b", "c"]``."""
+    text = text.strip()
+    if text.startswith("["):
+        return [str(x) for x in json.loads(text)]
+    return [s for s in text.replace(" ", ",").split(",") if s]
+
+
+class LoggingSettings(BaseModel):
+    format: Literal["json", "console"] = "console"
+    level: str = "INFO"
+
+
+class Settings(BaseSettings):
+    """Every K2 setting. Build with :func:`load_settings` to get clear errors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="K2_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file="k2.toml",
+    )
+
+    data_dir: Path = Field(Path("k2-data"), description="where K2 keeps its files")
+    binance: BinanceSettings = Field(default_factory=BinanceSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("K2_CONFIG", "k2.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings; raise :class:`ConfigError` naming the variable or file at fault."""
+    config_path = os.environ.get("K2_CONFIG")
+    if config_path and not Path(config_path).is_file():
+        raise ConfigError(f"K2_CONFIG points to {config_path!r}, which is not a file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_path or "k2.toml")) from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"cannot read {config_path or 'k2.toml'}: {exc}") from None
+
+
+def _describe(exc: ValidationError, toml_name: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = [str(p) for p in err["loc"]]
+        env_name = "K2_" + "__".join(p.upper() for p in path)
+        where = f"{env_name} (or {'.'.join(path)} in {toml_name})"
+        lines.append(f"invalid setting {where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)

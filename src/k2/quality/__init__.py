@@ -1,0 +1,1 @@
+"""Data quality: validation, rejects, dedup, gap detection and repair."""
