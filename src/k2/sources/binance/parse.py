@@ -13,7 +13,6 @@ below 10**14 is taken as milliseconds: that is the year 5138 in ms, 1973 in µs)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 from k2.errors import ExchangeError
 from k2.quality.rejects import Reject, RejectReason
 from k2.records import DECIMAL_PRECISION, DECIMAL_SCALE, QUOTE, TRADE
+from k2.sources.base import ParsedBatch
 from k2.sources.binance.wire import (
     COMBINED_DECODER,
     PAYLOAD_DECODER,
@@ -58,6 +58,81 @@ _TRADE_REQUIRED = ("e", "E", "s", "t", "p", "q", "T", "m")
 _QUOTE_REQUIRED = ("u", "s", "b", "B", "a", "A")
 
 
+_STREAM_CACHE_LIMIT = 100_000
+
+
+def _stream_kind(stream: str) -> str:
+    """``btcusdt@trade`` → ``trade``; ``btcusdt@depth@100ms`` → ``depth@100ms``."""
+    return stream[stream.find("@") + 1 :]
+
+
+def _payloads(
+    decoded: list[tuple[int, str, StreamPayload]],
+    payloads: list[StreamPayload] | None,
+    rows: list[int],
+) -> list[StreamPayload]:
+    if payloads is None:  # fast path: decoded[i] is frame i
+        return [decoded[i][2] for i in rows]
+    by_row = {i: d for i, _, d in decoded}
+    return [by_row[i] for i in rows]
+
+
+class _TradeColumns:
+    """The columns of a batch of trade payloads, built once, with a validity scan."""
+
+    __slots__ = ("E", "T", "clean", "m", "p", "q", "s", "t")
+
+    def __init__(self, data: list[StreamPayload]) -> None:
+        self.t: list[Any] = [d.t for d in data]
+        self.p: list[Any] = [d.p for d in data]
+        self.q: list[Any] = [d.q for d in data]
+        self.T: list[Any] = [d.T for d in data]
+        self.E: list[Any] = [d.E for d in data]
+        self.s: list[Any] = [d.s for d in data]
+        self.m: list[Any] = [d.m for d in data]
+        n = len(data)
+        # `None in list` and `.count(None)` run in C; spot trades never carry X.
+        self.clean = (
+            [d.X for d in data].count(None) == n
+            and [d.e for d in data].count(None) == 0
+            and not any(None in col for col in (self.t, self.p, self.q, self.T, self.E))
+            and None not in self.s
+            and None not in self.m
+        )
+
+    def vendor_data(self, data: list[StreamPayload]) -> list[str | None]:
+        """Fields with no canonical home: M, and before June 2024 the order ids b/a."""
+        n = len(data)
+        if [d.b for d in data].count(None) == n and [d.a for d in data].count(None) == n:
+            return [_BEST_MATCH_ONLY[d.M] for d in data]
+        return [_trade_vendor(d) for d in data]
+
+
+class _QuoteColumns:
+    """The columns of a batch of bookTicker payloads, built once, with a validity scan."""
+
+    __slots__ = ("A", "B", "a", "b", "clean", "s", "u")
+
+    def __init__(self, data: list[StreamPayload]) -> None:
+        self.u: list[Any] = [d.u for d in data]
+        self.s: list[Any] = [d.s for d in data]
+        self.b: list[Any] = [d.b for d in data]
+        self.B: list[Any] = [d.B for d in data]
+        self.a: list[Any] = [d.a for d in data]
+        self.A: list[Any] = [d.A for d in data]
+        n = len(data)
+        self.clean = (
+            [d.e for d in data].count(None) == n
+            and [d.E for d in data].count(None) == n
+            and not any(None in col for col in (self.u, self.s, self.B, self.A))
+            and {type(x) for x in self.b} <= {str}
+            and {type(x) for x in self.a} <= {str}
+        )
+
+
+_BEST_MATCH_ONLY = {True: '{"M":true}', False: '{"M":false}', None: '{"M":null}'}
+
+
 def quote_asset_of(symbol: str, known: Mapping[str, str] | None = None) -> str:
     """The quote asset of ``symbol``: from ``known`` (exchangeInfo) or by its suffix.
 
@@ -69,23 +144,6 @@ def quote_asset_of(symbol: str, known: Mapping[str, str] | None = None) -> str:
         if symbol.endswith(suffix) and len(symbol) > len(suffix):
             return suffix
     return ""
-
-
-@dataclass(slots=True)
-class ParsedBatch:
-    """The canonical output of one batch of frames.
-
-    ``trade_raw``/``quote_raw`` hold each row's original frame, aligned with the rows,
-    so later rejects (validation) can still keep the raw payload.
-    """
-
-    trades: pa.RecordBatch
-    trade_raw: list[bytes]
-    quotes: pa.RecordBatch
-    quote_raw: list[bytes]
-    rejects: list[Reject] = field(default_factory=list)
-    server_shutdowns: int = 0
-    control_replies: int = 0
 
 
 class FrameParser:
@@ -103,6 +161,7 @@ class FrameParser:
     ) -> None:
         self._quote_assets = dict(quote_assets or {})
         self._source = source
+        self._stream_kinds: dict[str, str] = {}
 
     def set_quote_assets(self, quote_assets: Mapping[str, str]) -> None:
         """Replace the symbol → quote asset map (after a reference-data refresh)."""
@@ -126,45 +185,83 @@ class FrameParser:
             decoded, shutdowns, controls = self._decode_slowly(frames, received_us, rejects)
 
         trade_rows: list[int] = []
-        trade_data: list[StreamPayload] = []
         quote_rows: list[int] = []
-        quote_data: list[StreamPayload] = []
+        kinds = self._stream_kinds
         for i, stream, d in decoded:
-            kind = stream[stream.find("@") + 1 :]
-            if d.e == "serverShutdown":
-                shutdowns += 1
-            elif kind == "trade":
-                if d.X is not None:
-                    self._reject(rejects, RejectReason.FUTURES_FRAME,
-                                 "futures trade (has X) on a spot stream", frames[i],
-                                 received_us[i])  # fmt: skip
-                elif (
-                    d.t is None or d.p is None or d.q is None or d.T is None
-                    or d.E is None or d.s is None or d.m is None or d.e is None
-                ):  # fmt: skip
-                    self._reject_missing(rejects, d, _TRADE_REQUIRED, frames[i], received_us[i])
-                else:
-                    trade_rows.append(i)
-                    trade_data.append(d)
+            kind = kinds.get(stream)
+            if kind is None:
+                kind = _stream_kind(stream)
+                if len(kinds) < _STREAM_CACHE_LIMIT:
+                    kinds[stream] = kind
+            if kind == "trade":
+                trade_rows.append(i)
             elif kind == "bookTicker":
-                if d.e is not None or d.T is not None or d.E is not None:
-                    self._reject(rejects, RejectReason.FUTURES_FRAME,
-                                 "futures bookTicker (has e/E/T) on a spot stream",
-                                 frames[i], received_us[i])  # fmt: skip
-                elif (
-                    d.u is None or d.s is None or d.B is None or d.A is None
-                    or not isinstance(d.b, str) or not isinstance(d.a, str)
-                ):  # fmt: skip
-                    self._reject_missing(rejects, d, _QUOTE_REQUIRED, frames[i], received_us[i])
-                else:
-                    quote_rows.append(i)
-                    quote_data.append(d)
+                quote_rows.append(i)
+            elif d.e == "serverShutdown":
+                shutdowns += 1
             else:
                 self._reject_other_stream(rejects, stream, d, frames[i], received_us[i])
-
-        trades, trade_raw = self._trades(trade_rows, trade_data, frames, received_us, rejects)
-        quotes, quote_raw = self._quotes(quote_rows, quote_data, frames, received_us, rejects)
+        payloads = [d for _, _, d in decoded] if len(decoded) != len(frames) else None
+        trade_data = _payloads(decoded, payloads, trade_rows)
+        quote_data = _payloads(decoded, payloads, quote_rows)
+        trades, trade_raw, n = self._trades(trade_rows, trade_data, frames, received_us, rejects)
+        shutdowns += n
+        quotes, quote_raw, n = self._quotes(quote_rows, quote_data, frames, received_us, rejects)
+        shutdowns += n
         return ParsedBatch(trades, trade_raw, quotes, quote_raw, rejects, shutdowns, controls)
+
+    def _screen_trades(
+        self,
+        rows: list[int],
+        data: list[StreamPayload],
+        frames: Sequence[bytes],
+        received_us: Sequence[int],
+        rejects: list[Reject],
+    ) -> tuple[list[int], list[StreamPayload], int]:
+        keep_rows: list[int] = []
+        keep: list[StreamPayload] = []
+        shutdowns = 0
+        for i, d in zip(rows, data, strict=True):
+            if d.e == "serverShutdown":
+                shutdowns += 1
+            elif d.X is not None:
+                self._reject(rejects, RejectReason.FUTURES_FRAME,
+                             "futures trade (has X) on a spot stream", frames[i],
+                             received_us[i])  # fmt: skip
+            elif any(getattr(d, name) is None for name in _TRADE_REQUIRED):
+                self._reject_missing(rejects, d, _TRADE_REQUIRED, frames[i], received_us[i])
+            else:
+                keep_rows.append(i)
+                keep.append(d)
+        return keep_rows, keep, shutdowns
+
+    def _screen_quotes(
+        self,
+        rows: list[int],
+        data: list[StreamPayload],
+        frames: Sequence[bytes],
+        received_us: Sequence[int],
+        rejects: list[Reject],
+    ) -> tuple[list[int], list[StreamPayload], int]:
+        keep_rows: list[int] = []
+        keep: list[StreamPayload] = []
+        shutdowns = 0
+        for i, d in zip(rows, data, strict=True):
+            if d.e == "serverShutdown":
+                shutdowns += 1
+            elif d.e is not None or d.T is not None or d.E is not None:
+                self._reject(rejects, RejectReason.FUTURES_FRAME,
+                             "futures bookTicker (has e/E/T) on a spot stream",
+                             frames[i], received_us[i])  # fmt: skip
+            elif (
+                any(getattr(d, name) is None for name in _QUOTE_REQUIRED)
+                or not isinstance(d.b, str) or not isinstance(d.a, str)
+            ):  # fmt: skip
+                self._reject_missing(rejects, d, _QUOTE_REQUIRED, frames[i], received_us[i])
+            else:
+                keep_rows.append(i)
+                keep.append(d)
+        return keep_rows, keep, shutdowns
 
     # -- slow path: one frame at a time, only when the batch had a bad frame -------------
 
@@ -239,26 +336,33 @@ class FrameParser:
         frames: Sequence[bytes],
         received_us: Sequence[int],
         rejects: list[Reject],
-    ) -> tuple[pa.RecordBatch, list[bytes]]:
+    ) -> tuple[pa.RecordBatch, list[bytes], int]:
+        shutdowns = 0
+        cols = _TradeColumns(data)
+        if not cols.clean:
+            # Rare frames (futures, missing fields, a shutdown notice on a data stream)
+            # are screened row by row only when the column scan found one.
+            rows, data, shutdowns = self._screen_trades(rows, data, frames, received_us, rejects)
+            cols = _TradeColumns(data)
         raw = [frames[i] for i in rows]
         if not rows:
-            return TRADE.empty_batch(), raw
-        vendor = [_trade_vendor(d) for d in data]
-        return build_trades(
-            symbols=[d.s for d in data],  # type: ignore[misc]
-            trade_ids=[d.t for d in data],  # type: ignore[misc]
-            prices=[d.p for d in data],  # type: ignore[misc]
-            quantities=[d.q for d in data],  # type: ignore[misc]
-            trade_times=[d.T for d in data],  # type: ignore[misc]
-            event_times=[d.E for d in data],  # type: ignore[misc]
-            buyer_maker=[d.m for d in data],  # type: ignore[misc]
+            return TRADE.empty_batch(), raw, shutdowns
+        batch, raw = build_trades(
+            symbols=cols.s,
+            trade_ids=cols.t,
+            prices=cols.p,
+            quantities=cols.q,
+            trade_times=cols.T,
+            event_times=cols.E,
+            buyer_maker=cols.m,
             received_us=[received_us[i] for i in rows],
-            vendor_data=vendor,
+            vendor_data=cols.vendor_data(data),
             raw=raw,
             quote_assets=self._quote_assets,
             source=self._source,
             rejects=rejects,
         )
+        return batch, raw, shutdowns
 
     def _quotes(
         self,
@@ -267,20 +371,25 @@ class FrameParser:
         frames: Sequence[bytes],
         received_us: Sequence[int],
         rejects: list[Reject],
-    ) -> tuple[pa.RecordBatch, list[bytes]]:
+    ) -> tuple[pa.RecordBatch, list[bytes], int]:
+        shutdowns = 0
+        cols = _QuoteColumns(data)
+        if not cols.clean:
+            rows, data, shutdowns = self._screen_quotes(rows, data, frames, received_us, rejects)
+            cols = _QuoteColumns(data)
         raw = [frames[i] for i in rows]
         if not rows:
-            return QUOTE.empty_batch(), raw
+            return QUOTE.empty_batch(), raw, shutdowns
         n = len(rows)
         recv = pa.array([received_us[i] for i in rows], pa.int64()).cast(_TS)
-        symbols = pa.array([d.s for d in data], pa.string())
-        update_ids = pa.array([d.u for d in data], pa.int64())
+        symbols = pa.array(cols.s, pa.string())
+        update_ids = pa.array(cols.u, pa.int64())
         decimals, bad = _decimal_columns(
             {
-                "bid_price": [d.b for d in data],  # type: ignore[misc]
-                "bid_quantity": [d.B for d in data],  # type: ignore[misc]
-                "ask_price": [d.a for d in data],  # type: ignore[misc]
-                "ask_quantity": [d.A for d in data],  # type: ignore[misc]
+                "bid_price": cols.b,
+                "bid_quantity": cols.B,
+                "ask_price": cols.a,
+                "ask_quantity": cols.A,
             }
         )
         batch = pa.RecordBatch.from_arrays(
@@ -300,17 +409,10 @@ class FrameParser:
             ],
             schema=QUOTE.arrow_schema(),
         )
-        return self._drop_bad(batch, raw, bad, [received_us[i] for i in rows], rejects)
-
-    def _drop_bad(
-        self,
-        batch: pa.RecordBatch,
-        raw: list[bytes],
-        bad: dict[int, str],
-        received: list[int],
-        rejects: list[Reject],
-    ) -> tuple[pa.RecordBatch, list[bytes]]:
-        return _drop_rows(batch, raw, bad, received, rejects, self._source)
+        batch, raw = _drop_rows(
+            batch, raw, bad, [received_us[i] for i in rows], rejects, self._source
+        )
+        return batch, raw, shutdowns
 
     def _reject(
         self,
@@ -457,7 +559,9 @@ def _trade_vendor(d: StreamPayload) -> str | None:
 
 
 def _json_scalar(v: int | str | None) -> str:
-    return "null" if v is None else msgspec.json.encode(v).decode()
+    if v is None:
+        return "null"
+    return str(v) if type(v) is int else msgspec.json.encode(v).decode()
 
 
 def _looks_futures(kind: str, data: Mapping[str, Any]) -> bool:

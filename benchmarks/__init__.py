@@ -1,0 +1,1 @@
+"""K2's reproducible benchmarks; `make bench` runs them and rewrites BENCHMARKS.md."""
