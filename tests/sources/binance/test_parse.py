@@ -8,6 +8,10 @@ from decimal import Decimal
 
 import msgspec
 import pytest
+
+from k2.quality.rejects import RejectReason
+from k2.records import QUOTE, TRADE
+from k2.sources.binance.parse import FrameParser, parse_rest_trades, quote_asset_of
 from tests.captures import (
     FUTURES_CAPTURE,
     HFT_FIRST_TRADE_ID,
@@ -15,10 +19,6 @@ from tests.captures import (
     HFT_QUOTES,
     HFT_TRADES,
 )
-
-from k2.quality.rejects import RejectReason
-from k2.records import QUOTE, TRADE
-from k2.sources.binance.parse import FrameParser, parse_rest_trades, quote_asset_of
 
 Frames = tuple[list[bytes], list[int]]
 
