@@ -63,6 +63,14 @@ class Source(Protocol):
         """Up to ``limit`` trades of ``symbol`` with id ≥ ``from_id``, in id order."""
         ...
 
+    def take_rejects(self) -> list[Reject]:
+        """Rejects produced outside :meth:`batches` (e.g. in REST replies) since last call."""
+        ...
+
     async def stop(self) -> None:
         """Stop receiving; frames already received still come out of :meth:`batches`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every resource; called once, after the last :meth:`fetch_trades`."""
         ...

@@ -1,0 +1,233 @@
+"""The capture pipeline: source → validation → dedup → gap repair → output.
+
+One task consumes the source's parsed batches; repairs run beside it, so a slow REST
+call never stalls the stream. Stopping is clean: the source drains what it received,
+pending gaps are repaired at once instead of waiting out their grace period, and the
+trades printed after each symbol's last received trade are fetched from the
+exchange's history (a dropped frame at the very end leaves no id gap to notice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from k2.ops.log import bind_correlation, get_logger, new_correlation_id
+from k2.quality.dedup import Deduplicator
+from k2.quality.gaps import GapDetector, GapRange, GapRepairer
+from k2.quality.rejects import Reject
+from k2.quality.validate import validate_quotes, validate_trades
+from k2.sources.base import ParsedBatch, Source
+
+log = get_logger(__name__)
+
+
+class CaptureOutput(Protocol):
+    """Where captured records go (NDJSON now, the log later)."""
+
+    def write_batch(self, batch: pa.RecordBatch, record_type: str) -> None: ...
+
+    def write_rejects(self, rejects: list[Reject]) -> None: ...
+
+    def write_gaps(self, gaps: list[dict[str, Any]]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class CaptureStats:
+    """Counts for one capture run."""
+
+    batches: int = 0
+    trades: int = 0
+    quotes: int = 0
+    rejects: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    gaps_detected: int = 0
+    gaps_repaired: int = 0
+    gaps_unrepairable: int = 0
+    trades_repaired: int = 0
+    trades_after_tail: int = 0
+    server_shutdowns: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """Knobs of the quality stage (defaults match :class:`k2.config.CaptureSettings`)."""
+
+    dedup_window_s: float = 3600.0
+    dedup_max_entries: int = 500_000
+    gap_grace_s: float = 2.0
+    max_future_skew_s: float = 60.0
+    repair_attempts: int = 5
+    tail_check: bool = True
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class CapturePipeline:
+    """Runs one source through the quality stages into one output."""
+
+    def __init__(
+        self,
+        source: Source,
+        output: CaptureOutput,
+        options: CaptureOptions | None = None,
+        *,
+        clock_us: Callable[[], int] = _now_us,
+    ) -> None:
+        self._source = source
+        self._out = output
+        self._opts = options or CaptureOptions()
+        self._clock_us = clock_us
+        self.stats = CaptureStats()
+        self._dedup_trades = Deduplicator(
+            window_us=int(self._opts.dedup_window_s * 1e6),
+            max_entries=self._opts.dedup_max_entries,
+            clock_us=clock_us,
+        )
+        self._dedup_quotes = Deduplicator(
+            window_us=int(self._opts.dedup_window_s * 1e6),
+            max_entries=self._opts.dedup_max_entries,
+            clock_us=clock_us,
+        )
+        self._gaps = GapDetector(grace_us=int(self._opts.gap_grace_s * 1e6), clock_us=clock_us)
+        self._repairer = GapRepairer(
+            source.fetch_trades, max_attempts=self._opts.repair_attempts, clock_us=clock_us
+        )
+        self._repairs: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop cleanly (safe from a signal handler)."""
+        self._stop.set()
+
+    async def run(self, max_seconds: float | None = None) -> CaptureStats:
+        """Capture until :meth:`request_stop` or ``max_seconds``; then drain and flush.
+
+        Raises the source's :class:`~k2.errors.TerminalError` (bad URL, unknown symbol);
+        transient network trouble is retried inside the source.
+        """
+        await self._source.start()
+        try:
+            await self._run(max_seconds)
+        finally:
+            await self._source.aclose()
+        return self.stats
+
+    async def _run(self, max_seconds: float | None) -> None:
+        consumer = asyncio.create_task(self._consume(), name="capture-consume")
+        ticker = asyncio.create_task(self._repair_due_gaps(), name="capture-gaps")
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {consumer, stopper}, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            if consumer in done:
+                consumer.result()  # the source ended or failed: surface its error
+            await self._source.stop()
+            await consumer  # drains every batch the source still holds
+        finally:
+            for task in (ticker, stopper, consumer):
+                task.cancel()
+            await asyncio.gather(ticker, stopper, return_exceptions=True)
+        await self._finish()
+
+    async def _consume(self) -> None:
+        async for parsed in self._source.batches():
+            with bind_correlation(batch_id=new_correlation_id("batch")):
+                self._handle(parsed)
+
+    def _handle(self, parsed: ParsedBatch) -> None:
+        self.stats.batches += 1
+        self.stats.server_shutdowns += parsed.server_shutdowns
+        rejects = list(parsed.rejects)
+        now = self._clock_us()
+        known = self._source.known_symbols or None
+        future = int(self._opts.max_future_skew_s * 1e6)
+        trades, trade_raw, bad = validate_trades(
+            parsed.trades, parsed.trade_raw, known_symbols=known, now_us=now,
+            max_future_us=future, source=f"{self._source.exchange}.ws",
+        )  # fmt: skip
+        rejects.extend(bad)
+        quotes, quote_raw, bad = validate_quotes(
+            parsed.quotes, parsed.quote_raw, known_symbols=known, now_us=now,
+            max_future_us=future, source=f"{self._source.exchange}.ws",
+        )  # fmt: skip
+        rejects.extend(bad)
+        self._emit_trades(trades, trade_raw)
+        quotes, _, dupes = self._dedup_quotes.filter(quotes, quote_raw, "update_id")
+        self.stats.duplicates += dupes
+        self._out.write_batch(quotes, "quote")
+        self.stats.quotes += quotes.num_rows
+        self._write_rejects(rejects)
+
+    def _write_rejects(self, rejects: list[Reject]) -> None:
+        if rejects:
+            self._out.write_rejects(rejects)
+            for r in rejects:
+                self.stats.rejects[r.reason.value] = self.stats.rejects.get(r.reason.value, 0) + 1
+
+    def _emit_trades(self, trades: pa.RecordBatch, raw: list[bytes]) -> int:
+        trades, _, dupes = self._dedup_trades.filter(trades, raw, "trade_id")
+        self.stats.duplicates += dupes
+        self._gaps.observe(trades)
+        self._out.write_batch(trades, "trade")
+        self.stats.trades += trades.num_rows
+        return int(trades.num_rows)
+
+    async def _repair_due_gaps(self) -> None:
+        interval = max(min(self._opts.gap_grace_s / 4, 0.5), 0.01)
+        while True:
+            await asyncio.sleep(interval)  # a periodic check, not a synchronisation
+            for gap in self._gaps.due():
+                self._start_repair(gap)
+
+    def _start_repair(self, gap: GapRange) -> None:
+        self.stats.gaps_detected += 1
+        task = asyncio.create_task(self._repair(gap), name=f"repair-{gap.symbol}")
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _repair(self, gap: GapRange) -> None:
+        with bind_correlation(gap=f"{gap.symbol}:{gap.first_missing_id}-{gap.last_missing_id}"):
+            trades, record = await self._repairer.repair(gap)
+            repaired = self._emit_trades(trades, [b""] * trades.num_rows)
+            self.stats.trades_repaired += repaired
+            if record["status"] == "repaired":
+                self.stats.gaps_repaired += 1
+            else:
+                self.stats.gaps_unrepairable += 1
+            log.info("gap resolved", **{k: v for k, v in record.items() if k != "exchange"})
+            self._out.write_gaps([record])
+            self._write_rejects(self._source.take_rejects())
+
+    async def _finish(self) -> None:
+        # Gaps still inside their grace period cannot be filled by the stream any more.
+        for gap in self._gaps.due(force=True):
+            self._start_repair(gap)
+        while self._repairs:
+            await asyncio.gather(*list(self._repairs))
+        if self._opts.tail_check:
+            await self._fetch_tails()
+        self._out.flush()
+
+    async def _fetch_tails(self) -> None:
+        until = self._clock_us()
+        for (_, symbol), last_id in sorted(self._gaps.tails().items()):
+            trades = await self._repairer.fetch_after(symbol, last_id, until_us=until)
+            added = self._emit_trades(trades, [b""] * trades.num_rows)
+            self.stats.trades_after_tail += added
+            if added:
+                log.info("fetched trades after the last received", symbol=symbol, count=added)
+        self._write_rejects(self._source.take_rejects())
