@@ -107,6 +107,7 @@ class CapturePipeline:
         )
         self._repairs: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._stopped_at_us: int | None = None
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop cleanly (safe from a signal handler)."""
@@ -118,8 +119,8 @@ class CapturePipeline:
         Raises the source's :class:`~k2.errors.TerminalError` (bad URL, unknown symbol);
         transient network trouble is retried inside the source.
         """
-        await self._source.start()
         try:
+            await self._source.start()
             await self._run(max_seconds)
         finally:
             await self._source.aclose()
@@ -135,6 +136,9 @@ class CapturePipeline:
             )
             if consumer in done:
                 consumer.result()  # the source ended or failed: surface its error
+            # The tail check fetches what the exchange printed up to this moment, not
+            # whatever it prints while the repairs below are still running.
+            self._stopped_at_us = self._clock_us()
             await self._source.stop()
             await consumer  # drains every batch the source still holds
         finally:
@@ -223,7 +227,7 @@ class CapturePipeline:
         self._out.flush()
 
     async def _fetch_tails(self) -> None:
-        until = self._clock_us()
+        until = self._stopped_at_us or self._clock_us()
         for (_, symbol), last_id in sorted(self._gaps.tails().items()):
             trades = await self._repairer.fetch_after(symbol, last_id, until_us=until)
             added = self._emit_trades(trades, [b""] * trades.num_rows)

@@ -63,18 +63,25 @@ async def fake() -> AsyncIterator[FakeBinanceRest]:
 
 
 class Sleeps:
-    """Records requested waits instead of waiting."""
+    """Records requested waits instead of waiting; a virtual clock they advance."""
 
     def __init__(self) -> None:
         self.waits: list[float] = []
+        self.now = 1000.0
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 def client(url: str, sleeps: Sleeps, max_retries: int = 3) -> BinanceRest:
     backoff = Backoff(initial_s=0.1, max_s=1.0, rng=random.Random(5))
-    return BinanceRest(url, max_retries=max_retries, backoff=backoff, sleep=sleeps)
+    return BinanceRest(
+        url, max_retries=max_retries, backoff=backoff, sleep=sleeps, clock=sleeps.clock
+    )
 
 
 async def test_exchange_info_returns_raw_json_and_records_weight(fake: FakeBinanceRest) -> None:
@@ -127,6 +134,22 @@ async def test_429_waits_retry_after_then_succeeds(fake: FakeBinanceRest) -> Non
         assert await rest.recent_trades("BTCUSDT") == TRADES
     assert sleeps.waits == [7.0]
     assert fake.count("/api/v3/trades") == 2
+
+
+async def test_a_429_pauses_every_request_of_the_client(fake: FakeBinanceRest) -> None:
+    # Binance limits per IP: after a 429, another request sent during the Retry-After
+    # window would count against us (and repeated ones earn a 418 ban).
+    sleeps = Sleeps()
+    fake.script["/api/v3/trades"] = [
+        Reply(429, b'{"code":-1003,"msg":"Too many requests"}', {"Retry-After": "7"})
+    ]
+    fake.script["/api/v3/time"] = [Reply(body=b'{"serverTime":1}')]
+    async with client(fake.url, sleeps, max_retries=0) as rest:
+        with pytest.raises(RateLimited):
+            await rest.recent_trades("BTCUSDT")
+        sleeps.now += 3.0  # three seconds of the seven pass
+        assert await rest.server_time() == 1
+    assert sleeps.waits == [pytest.approx(4.0)]
 
 
 async def test_429_gives_up_after_max_retries(fake: FakeBinanceRest) -> None:

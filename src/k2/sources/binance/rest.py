@@ -14,7 +14,8 @@ K2 errors at this boundary and transient ones are retried here:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 import httpx
@@ -51,6 +52,10 @@ class BinanceRest:
     an ``httpx.AsyncClient`` (it is then not closed by this object). Each request is
     tried at most ``max_retries + 1`` times, waiting per ``backoff`` or the server's
     ``Retry-After``, whichever is longer; ``sleep`` is injectable for tests.
+
+    Rate limits are per IP, so a 429/418 pauses *every* request of this client until
+    its ``Retry-After`` has passed (Binance bans IPs that keep sending), and at most
+    ``max_concurrency`` requests are in flight at once.
     """
 
     def __init__(
@@ -62,6 +67,8 @@ class BinanceRest:
         max_retries: int = 5,
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        max_concurrency: int = 4,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -72,6 +79,9 @@ class BinanceRest:
         self._max_retries = max_retries
         self._backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
+        self._clock = clock
+        self._paused_until = 0.0
+        self._in_flight = asyncio.Semaphore(max_concurrency)
         self.used_weight_1m: int | None = None
         """The last ``X-MBX-USED-WEIGHT-1M`` Binance reported, if any."""
 
@@ -148,12 +158,11 @@ class BinanceRest:
         )
 
     async def _get_once(self, url: str, path: str, params: Params) -> bytes:
-        try:
-            response = await self._client.get(url, params=dict(params), timeout=self._timeout_s)
-        except httpx.TimeoutException as exc:
-            raise ConnectionLost(f"GET {path} timed out after {self._timeout_s}s") from exc
-        except httpx.TransportError as exc:
-            raise ConnectionLost(f"GET {path} failed: {exc!r}") from exc
+        async with self._in_flight:
+            pause = self._paused_until - self._clock()
+            if pause > 0:
+                await self._sleep(pause)
+            response = await self._send(url, path, params)
         weight = response.headers.get(spec.USED_WEIGHT_HEADER)
         if weight is not None and weight.isdigit():
             self.used_weight_1m = int(weight)
@@ -161,7 +170,18 @@ class BinanceRest:
         if response.status_code == 200:
             self._backoff.reset()
             return response.content
-        raise _error_for(path, response)
+        error = _error_for(path, response)
+        if isinstance(error, RateLimited) and error.retry_after:
+            self._paused_until = max(self._paused_until, self._clock() + error.retry_after)
+        raise error
+
+    async def _send(self, url: str, path: str, params: Params) -> httpx.Response:
+        try:
+            return await self._client.get(url, params=dict(params), timeout=self._timeout_s)
+        except httpx.TimeoutException as exc:
+            raise ConnectionLost(f"GET {path} timed out after {self._timeout_s}s") from exc
+        except httpx.TransportError as exc:
+            raise ConnectionLost(f"GET {path} failed: {exc!r}") from exc
 
 
 def _checked_limit(limit: int) -> int:

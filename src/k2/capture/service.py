@@ -1,0 +1,102 @@
+"""Capture as a service function: what ``k2 capture`` and ``k2 demo`` call.
+
+Builds the Binance source and the pipeline from settings, runs them, stops cleanly on
+SIGINT/SIGTERM or after ``max_seconds``, and returns the run's statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from k2.capture.ndjson import NdjsonWriter
+from k2.capture.pipeline import CaptureOptions, CapturePipeline, CaptureStats
+from k2.config import Settings
+from k2.ops.log import get_logger
+from k2.sources.binance.source import BinanceSource
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """What a capture run did: pipeline counts plus the WebSocket client's counts."""
+
+    stats: CaptureStats
+    stream: dict[str, Any]
+    seconds: float
+
+
+def options_from(settings: Settings) -> CaptureOptions:
+    """The quality-stage options held in ``settings.capture``."""
+    c = settings.capture
+    return CaptureOptions(
+        dedup_window_s=c.dedup_window_s,
+        dedup_max_entries=c.dedup_max_entries,
+        gap_grace_s=c.gap_grace_s,
+        max_future_skew_s=c.max_future_skew_s,
+    )
+
+
+def source_from(settings: Settings) -> BinanceSource:
+    """A Binance source for ``settings.capture.symbols``/``streams`` at the set URLs."""
+    return BinanceSource(
+        settings.capture.symbols,
+        settings.capture.streams,
+        ws_url=settings.binance.ws_url,
+        rest_url=settings.binance.rest_url,
+        micros=settings.binance.micros,
+        max_streams_per_connection=settings.binance.max_streams_per_connection,
+        max_connection_age_s=settings.binance.max_connection_age_s,
+        batch_max_frames=settings.capture.batch_max_frames,
+        batch_max_wait_s=settings.capture.batch_max_wait_s,
+    )
+
+
+async def capture(
+    settings: Settings,
+    out: Path | None,
+    *,
+    max_seconds: float | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> CaptureResult:
+    """Capture to NDJSON at ``out`` (stdout if ``None``) until stopped.
+
+    Stops after ``max_seconds``, when ``stop`` is set, or on SIGINT/SIGTERM (if
+    ``handle_signals``); every received frame is processed and flushed before return.
+    """
+    loop = asyncio.get_running_loop()
+    source = source_from(settings)
+    started = loop.time()
+    with NdjsonWriter(out) as writer:
+        pipeline = CapturePipeline(source, writer, options_from(settings))
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, pipeline.request_stop)
+                    installed.append(sig)
+        watcher = asyncio.create_task(_forward(stop, pipeline)) if stop is not None else None
+        try:
+            stats = await pipeline.run(max_seconds=max_seconds)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            if watcher is not None:
+                watcher.cancel()
+    stream = source.stream
+    return CaptureResult(
+        stats=stats,
+        stream=asdict(stream.stats) if stream is not None else {},
+        seconds=loop.time() - started,
+    )
+
+
+async def _forward(stop: asyncio.Event, pipeline: CapturePipeline) -> None:
+    await stop.wait()
+    pipeline.request_stop()

@@ -1,0 +1,219 @@
+"""``k2``: one command-line app for every K2 stage.
+
+The commands are thin: they parse options, load settings and call service functions
+(``k2.capture.service``, ``k2.simulator``), so the same behaviour is reachable from
+Python. Settings come from ``K2_*`` variables and ``k2.toml``; options override them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from k2 import __version__
+from k2.config import Settings, load_settings
+from k2.errors import K2Error
+from k2.ops.log import configure_logging
+
+app = typer.Typer(
+    name="k2",
+    help="K2: capture crypto market data, land it in an Iceberg lakehouse, query it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+LogFormatOpt = Annotated[
+    str | None, typer.Option("--log-format", help="console or json (K2_LOGGING__FORMAT)")
+]
+LogLevelOpt = Annotated[
+    str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING... (K2_LOGGING__LEVEL)")
+]
+
+
+def _settings(
+    log_format: str | None, log_level: str | None, **sections: dict[str, Any]
+) -> Settings:
+    """Settings from env/k2.toml, with the options a user gave on top; logging set up."""
+    base = load_settings()
+    merged = base.model_dump()
+    changed = False
+    for name, values in {**sections, "logging": {"format": log_format, "level": log_level}}.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            merged[name].update(given)
+            changed = True
+    settings = load_settings(**merged) if changed else base
+    configure_logging(settings.logging.format, settings.logging.level)
+    return settings
+
+
+def _fail(exc: K2Error) -> None:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print K2's version.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"k2 {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def capture(
+    symbols: Annotated[
+        str | None, typer.Option(help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+    ] = None,
+    streams: Annotated[
+        str | None, typer.Option(help="Comma-separated data types: trade, quote.")
+    ] = None,
+    ws_url: Annotated[
+        str | None,
+        typer.Option(help="WebSocket base URL (live Binance by default; testnet; simulator)."),
+    ] = None,
+    rest_url: Annotated[str | None, typer.Option(help="REST base URL matching --ws-url.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="NDJSON file to append to (default: stdout).")
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop cleanly after this many seconds, flushing everything."),
+    ] = None,
+    micros: Annotated[
+        bool | None,
+        typer.Option("--micros/--millis", help="Ask Binance for microsecond timestamps."),
+    ] = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Capture trades and best bid/ask as canonical NDJSON records.
+
+    Runs source → validation → dedup → gap repair. Each output line has a "type":
+    trade, quote, reject (with reason and raw payload) or gap (with its repair).
+    A summary goes to stderr. Ctrl-C stops cleanly.
+    """
+    from k2.capture.service import capture as run_capture
+
+    try:
+        settings = _settings(
+            log_format,
+            log_level,
+            capture={"symbols": symbols, "streams": streams},
+            binance={"ws_url": ws_url, "rest_url": rest_url, "micros": micros},
+        )
+        result = asyncio.run(run_capture(settings, out, max_seconds=max_seconds))
+    except K2Error as exc:
+        _fail(exc)
+        return
+    summary = {"seconds": round(result.seconds, 3), **result.stats.as_dict()}
+    summary["websocket"] = result.stream
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 9443,
+    replay: Annotated[
+        str | None,
+        typer.Option(help="Replay a capture file (or 'builtin') instead of a synthetic market."),
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Replay speed; 0 = as fast as possible.")] = 1.0,
+    rate: Annotated[
+        float | None, typer.Option(help="Synthetic: total events/s across all symbols.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic market and faults.")] = 0,
+    drop: Annotated[float, typer.Option(help="Share of frames to drop.")] = 0.0,
+    duplicate: Annotated[float, typer.Option(help="Share of frames to send twice.")] = 0.0,
+    reorder: Annotated[float, typer.Option(help="Share of frames to deliver late.")] = 0.0,
+    malformed: Annotated[float, typer.Option(help="Share of frames to corrupt.")] = 0.0,
+    disconnect_every: Annotated[
+        float | None, typer.Option(help="Drop each connection after this many seconds.")
+    ] = None,
+    max_disconnects: Annotated[
+        int | None, typer.Option(help="Stop forcing disconnects after this many.")
+    ] = None,
+    stall_every: Annotated[
+        float | None, typer.Option(help="Pause sending every this many seconds.")
+    ] = None,
+    stall_seconds: Annotated[float, typer.Option(help="Length of each pause.")] = 1.0,
+    server_shutdown_after: Annotated[
+        float | None, typer.Option(help="Send serverShutdown this long after connecting.")
+    ] = None,
+    rest_429: Annotated[float, typer.Option(help="Share of REST requests answered 429.")] = 0.0,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run K2's local exchange simulator (Binance's WebSocket and REST protocol).
+
+    Synthetic market by default (BTCUSDT ETHUSDT BNBUSDT ADAUSDT DOGEUSDT), or a replay
+    of a real capture. Point `k2 capture --ws-url ws://HOST:PORT --rest-url
+    http://HOST:PORT` at it. Runs until Ctrl-C.
+    """
+    from k2.simulator import FaultConfig, SimulatorConfig, run_simulator
+
+    try:
+        _settings(log_format, log_level)
+        faults = FaultConfig(
+            seed=seed, drop=drop, duplicate=duplicate, reorder=reorder, malformed=malformed,
+            disconnect_every_s=disconnect_every, max_disconnects=max_disconnects,
+            stall_every_s=stall_every, stall_s=stall_seconds,
+            server_shutdown_after_s=server_shutdown_after, rest_429_share=rest_429,
+        )  # fmt: skip
+        config = SimulatorConfig(
+            host=host, port=port, mode="replay" if replay else "synthetic",
+            replay_path=replay, speed=speed, rate=rate, seed=seed, faults=faults,
+        )  # fmt: skip
+    except K2Error as exc:
+        _fail(exc)
+        return
+
+    def ready(server: Any) -> None:
+        typer.echo(f"simulator listening: ws {server.ws_url}  rest {server.rest_url}", err=True)
+
+    try:
+        asyncio.run(run_simulator(config, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except K2Error as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="How long to stream.")] = 8.0,
+    out: Annotated[Path | None, typer.Option(help="Where to keep the captured NDJSON.")] = None,
+    log_level: LogLevelOpt = "WARNING",
+) -> None:
+    """Start the simulator, capture from it with faults injected, and print a tour."""
+    from k2.demo import run_demo
+
+    try:
+        settings = _settings(None, log_level)
+        asyncio.run(run_demo(settings, seconds=seconds, out=out))
+    except K2Error as exc:
+        _fail(exc)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (defaults, k2.toml, K2_* variables) as JSON."""
+    try:
+        settings = load_settings()
+    except K2Error as exc:
+        _fail(exc)
+        return
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
