@@ -1,0 +1,152 @@
+"""End-to-end WebSocket capture from the simulator: messages/s into canonical records.
+
+The simulator runs in its own process (``k2 simulate``, synthetic market, 5 symbols,
+trades and bookTicker) at a rate above what the capture can take; the capture runs
+here through the whole quality stage (parse, validate, dedup, gap detection) into a
+counting output, so the rate measured is the capture's own ceiling on this machine.
+A second figure writes NDJSON to a file, as ``k2 capture --out`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from benchmarks.harness import Result
+from k2.capture.ndjson import NdjsonWriter
+from k2.capture.pipeline import CaptureOptions, CapturePipeline
+from k2.ops.log import configure_logging
+from k2.quality.rejects import Reject
+from k2.sources.binance.source import BinanceSource
+
+SIM_RATE = 150_000  # events/s offered by the simulator (above the capture's ceiling)
+SECONDS = 6.0
+WARMUP_S = 1.0
+
+
+class CountingOutput:
+    """Counts records and when they arrived; keeps nothing."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.first: float | None = None
+        self.last = 0.0
+        self.after_warmup = 0
+
+    def write_batch(self, batch: pa.RecordBatch, record_type: str) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        if now - self.first >= WARMUP_S:
+            self.after_warmup += batch.num_rows
+        self.records += batch.num_rows
+        self.last = now
+
+    def write_rejects(self, rejects: list[Reject]) -> None:
+        pass
+
+    def write_gaps(self, gaps: list[dict[str, Any]]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def rate(self) -> float:
+        assert self.first is not None, "no records captured"
+        return self.after_warmup / max(self.last - self.first - WARMUP_S, 1e-9)
+
+
+class FileOutput(CountingOutput):
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._writer = NdjsonWriter(path)
+
+    def write_batch(self, batch: pa.RecordBatch, record_type: str) -> None:
+        self._writer.write_batch(batch, record_type)
+        super().write_batch(batch, record_type)
+
+    def flush(self) -> None:
+        self._writer.close()
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_simulator(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "k2", "simulate", "--port", str(port),
+           "--rate", str(SIM_RATE), "--log-level", "WARNING"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/v3/ping", timeout=1).raise_for_status()
+            return proc
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError("simulator exited") from None
+            time.sleep(0.1)  # polling a subprocess's readiness, not synchronising tests
+    proc.kill()
+    raise RuntimeError("simulator did not start")
+
+
+async def _capture_once(port: int, output: CountingOutput) -> float:
+    source = BinanceSource(
+        ["BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT", "DOGEUSDT"],
+        ws_url=f"ws://127.0.0.1:{port}",
+        rest_url=f"http://127.0.0.1:{port}",
+        batch_max_frames=5000,
+    )
+    pipeline = CapturePipeline(source, output, CaptureOptions(tail_check=False))
+    await pipeline.run(max_seconds=SECONDS)
+    return output.rate()
+
+
+def run(runs: int = 5) -> list[Result]:
+    configure_logging("console", "ERROR")
+    port = _free_port()
+    sim = _start_simulator(port)
+    try:
+        counted = [asyncio.run(_capture_once(port, CountingOutput())) for _ in range(runs)]
+        with tempfile.TemporaryDirectory() as tmp:
+            to_file = []
+            for i in range(runs):
+                path = Path(tmp) / f"run{i}.ndjson"
+                to_file.append(asyncio.run(_capture_once(port, FileOutput(path))))
+                os.unlink(path)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+    note = (
+        f"simulator in its own process offering {SIM_RATE:,} events/s (5 symbols, "
+        f"trade + bookTicker); capture for {SECONDS:g} s per run, first {WARMUP_S:g} s "
+        "excluded; parse + validate + dedup + gap detection."
+    )
+    return [
+        Result(
+            "WebSocket capture from the simulator",
+            "msgs/s",
+            counted,
+            goal=50_000,
+            notes=note + " Output counts records only.",
+        ),
+        Result(
+            "… and writing NDJSON (`k2 capture --out`)",
+            "msgs/s",
+            to_file,
+            notes="Same, writing every record as NDJSON to a file.",
+        ),
+    ]
