@@ -39,6 +39,7 @@ class Kind(enum.Enum):
     BOOL = "bool"
     DECIMAL = "decimal"
     TIMESTAMP = "timestamp"
+    BINARY = "binary"
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def _arrow_type(kind: Kind) -> pa.DataType:
         Kind.BOOL: pa.bool_(),
         Kind.DECIMAL: pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE),
         Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+        Kind.BINARY: pa.binary(),
     }[kind]
 
 
@@ -128,6 +130,7 @@ def _iceberg_type(kind: Kind) -> Any:
         Kind.BOOL: t.BooleanType(),
         Kind.DECIMAL: t.DecimalType(DECIMAL_PRECISION, DECIMAL_SCALE),
         Kind.TIMESTAMP: t.TimestamptzType(),
+        Kind.BINARY: t.BinaryType(),
     }[kind]
 
 
@@ -143,10 +146,12 @@ def _avro_type(kind: Kind) -> Any:
             "scale": DECIMAL_SCALE,
         },
         Kind.TIMESTAMP: {"type": "long", "logicalType": "timestamp-micros"},
+        Kind.BINARY: "bytes",
     }[kind]
 
 
 _S, _I, _B, _D, _T = Kind.STRING, Kind.INT64, Kind.BOOL, Kind.DECIMAL, Kind.TIMESTAMP
+_X = Kind.BINARY
 
 TRADE = RecordType(
     "trade",
@@ -226,7 +231,23 @@ GAP = RecordType(
     "A run of missing exchange trade ids and what became of it.",
 )
 
-RECORD_TYPES: dict[str, RecordType] = {r.name: r for r in (TRADE, QUOTE, REFERENCE, GAP)}
+DEAD_LETTER = RecordType(
+    "dead_letter",
+    (
+        Field("data_type", _S, "what the input should have been: trade, quote, ..."),
+        Field("reason", _S, "stable reject reason (k2.quality.rejects.RejectReason)"),
+        Field("detail", _S, "human explanation naming the field and value at fault"),
+        Field("raw", _X, "the exact payload received"),
+        Field("received_at", _T, "when K2 received the payload, UTC µs"),
+        Field("source", _S, "where it came from (binance.ws, binance.rest, sink, ...)"),
+        Field("rejected_at", _T, "when K2 rejected it, UTC µs"),
+    ),
+    "Input K2 could not accept, kept with the reason so it can be fixed and replayed.",
+)
+
+RECORD_TYPES: dict[str, RecordType] = {
+    r.name: r for r in (TRADE, QUOTE, REFERENCE, GAP, DEAD_LETTER)
+}
 
 _ARROW_SCHEMAS: dict[str, pa.Schema] = {
     r.name: pa.schema(
