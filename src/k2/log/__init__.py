@@ -1,0 +1,1 @@
+"""The durable log: one narrow interface, an embedded and a Kafka implementation."""
