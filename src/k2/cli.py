@@ -191,7 +191,7 @@ def simulate(
 def demo(
     seconds: Annotated[float, typer.Option(help="How long to stream.")] = 8.0,
     out: Annotated[Path | None, typer.Option(help="Where to keep the captured NDJSON.")] = None,
-    log_level: LogLevelOpt = "WARNING",
+    log_level: LogLevelOpt = "ERROR",
 ) -> None:
     """Start the simulator, capture from it with faults injected, and print a tour."""
     from k2.demo import run_demo

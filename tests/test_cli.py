@@ -1,0 +1,118 @@
+"""The k2 command, run as a user runs it: real subprocesses against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from tests.captures import HFT_FIRST_TRADE_ID, HFT_LAST_TRADE_ID
+
+K2 = [sys.executable, "-m", "k2"]
+
+
+def run_k2(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*K2, *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_every_command_has_help() -> None:
+    top = run_k2("--help")
+    assert top.returncode == 0
+    for command in ("capture", "simulate", "demo", "config"):
+        assert command in top.stdout
+        sub = run_k2(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "Usage" in sub.stdout
+
+
+def test_config_shows_environment_overrides() -> None:
+    out = run_k2("config", env={"K2_CAPTURE__SYMBOLS": "solusdt,BTCUSDT"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["capture"]["symbols"] == ["SOLUSDT", "BTCUSDT"]
+
+
+def test_invalid_setting_names_the_variable() -> None:
+    out = run_k2("config", env={"K2_CAPTURE__GAP_GRACE_S": "soon"})
+    assert out.returncode == 2
+    assert "K2_CAPTURE__GAP_GRACE_S" in out.stderr
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def simulator() -> Iterator[int]:
+    """`k2 simulate --replay builtin` in its own process; yields its port."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*K2, "simulate", "--port", str(port), "--replay", "builtin", "--speed", "0",
+         "--log-level", "ERROR"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # The simulator prints this line once it is listening: wait for it, not a time.
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "simulator listening" in line:
+                break
+        else:
+            pytest.fail(f"simulator exited with {proc.wait()}")
+        httpx.get(f"http://127.0.0.1:{port}/api/v3/ping").raise_for_status()
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_capture_command_against_the_simulator(simulator: int, tmp_path: Path) -> None:
+    out = tmp_path / "out.ndjson"
+    result = run_k2(
+        "capture", "--symbols", "btcusdt", "--streams", "trade",
+        "--ws-url", f"ws://127.0.0.1:{simulator}", "--rest-url", f"http://127.0.0.1:{simulator}",
+        "--out", str(out), "--max-seconds", "3", "--log-format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
+    ids = sorted(r["trade_id"] for r in rows if r["type"] == "trade")
+    assert ids == list(range(HFT_FIRST_TRADE_ID, HFT_LAST_TRADE_ID + 1))
+    assert {r["type"] for r in rows} == {"trade"}  # --streams trade: no quotes
+    summary = json.loads(result.stderr[result.stderr.index("{\n") :])
+    assert summary["trades"] == len(ids)
+    # Structured JSON logs carry the connection's correlation id.
+    log_lines = [json.loads(x) for x in result.stderr.splitlines() if x.startswith('{"')]
+    assert any("conn_id" in x for x in log_lines)
+
+
+def test_capture_reports_an_unknown_symbol_clearly(simulator: int) -> None:
+    result = run_k2(
+        "capture", "--symbols", "BTCUSDT,NOPEUSDT", "--rest-url",
+        f"http://127.0.0.1:{simulator}", "--ws-url", f"ws://127.0.0.1:{simulator}",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "NOPEUSDT" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = run_k2("demo", "--seconds", "2", "--out", str(tmp_path / "d.ndjson"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "captured exactly once" in result.stdout
