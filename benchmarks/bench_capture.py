@@ -18,16 +18,14 @@ import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pyarrow as pa
 
 from benchmarks.harness import Result
 from k2.capture.ndjson import NdjsonWriter
+from k2.capture.output import OutputBatch
 from k2.capture.pipeline import CaptureOptions, CapturePipeline
 from k2.ops.log import configure_logging
-from k2.quality.rejects import Reject
 from k2.sources.binance.source import BinanceSource
 
 SIM_RATE = 150_000  # events/s offered by the simulator (above the capture's ceiling)
@@ -44,22 +42,17 @@ class CountingOutput:
         self.last = 0.0
         self.after_warmup = 0
 
-    def write_batch(self, batch: pa.RecordBatch, record_type: str) -> None:
+    async def write(self, batch: OutputBatch) -> None:
+        rows = sum(b.num_rows for b in (batch.trades, batch.quotes) if b is not None)
         now = time.perf_counter()
         if self.first is None:
             self.first = now
         if now - self.first >= WARMUP_S:
-            self.after_warmup += batch.num_rows
-        self.records += batch.num_rows
+            self.after_warmup += rows
+        self.records += rows
         self.last = now
 
-    def write_rejects(self, rejects: list[Reject]) -> None:
-        pass
-
-    def write_gaps(self, gaps: list[dict[str, Any]]) -> None:
-        pass
-
-    def flush(self) -> None:
+    async def flush(self) -> None:
         pass
 
     def rate(self) -> float:
@@ -72,11 +65,11 @@ class FileOutput(CountingOutput):
         super().__init__()
         self._writer = NdjsonWriter(path)
 
-    def write_batch(self, batch: pa.RecordBatch, record_type: str) -> None:
-        self._writer.write_batch(batch, record_type)
-        super().write_batch(batch, record_type)
+    async def write(self, batch: OutputBatch) -> None:
+        await self._writer.write(batch)
+        await super().write(batch)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         self._writer.close()
 
 

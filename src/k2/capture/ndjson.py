@@ -17,6 +17,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.capture.output import OutputBatch
 from k2.quality.rejects import Reject
 
 _ENCODER = msgspec.json.Encoder()
@@ -79,11 +80,21 @@ class NdjsonWriter:
         if rows:
             self._fh.write(b"\n".join(_ENCODER.encode(r) for r in rows) + b"\n")
 
-    def flush(self) -> None:
+    async def write(self, batch: OutputBatch) -> None:
+        """The capture pipeline's output interface: write every part of ``batch``."""
+        if batch.trades is not None:
+            self.write_batch(batch.trades, "trade")
+        if batch.quotes is not None:
+            self.write_batch(batch.quotes, "quote")
+        self.write_rejects(batch.rejects)
+        self.write_gaps(batch.gaps)
+
+    async def flush(self) -> None:
+        """Push buffered lines to the OS."""
         self._fh.flush()
 
     def close(self) -> None:
-        self.flush()
+        self._fh.flush()
         if self._path is not None:
             import os
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pyarrow as pa
 
+from k2.capture.output import CaptureOutput, OutputBatch
 from k2.ops.log import bind_correlation, get_logger, new_correlation_id
 from k2.quality.dedup import Deduplicator
 from k2.quality.gaps import GapDetector, GapRange, GapRepairer
@@ -25,18 +26,6 @@ from k2.quality.validate import validate_quotes, validate_trades
 from k2.sources.base import ParsedBatch, Source
 
 log = get_logger(__name__)
-
-
-class CaptureOutput(Protocol):
-    """Where captured records go (NDJSON now, the log later)."""
-
-    def write_batch(self, batch: pa.RecordBatch, record_type: str) -> None: ...
-
-    def write_rejects(self, rejects: list[Reject]) -> None: ...
-
-    def write_gaps(self, gaps: list[dict[str, Any]]) -> None: ...
-
-    def flush(self) -> None: ...
 
 
 @dataclass
@@ -150,9 +139,9 @@ class CapturePipeline:
     async def _consume(self) -> None:
         async for parsed in self._source.batches():
             with bind_correlation(batch_id=new_correlation_id("batch")):
-                self._handle(parsed)
+                await self._handle(parsed)
 
-    def _handle(self, parsed: ParsedBatch) -> None:
+    async def _handle(self, parsed: ParsedBatch) -> None:
         self.stats.batches += 1
         self.stats.server_shutdowns += parsed.server_shutdowns
         rejects = list(parsed.rejects)
@@ -163,32 +152,30 @@ class CapturePipeline:
             parsed.trades, parsed.trade_raw, known_symbols=known, now_us=now,
             max_future_us=future, source=f"{self._source.exchange}.ws",
         )  # fmt: skip
-        rejects.extend(bad)
+        rejects.extend(_typed(bad, "trade"))
         quotes, quote_raw, bad = validate_quotes(
             parsed.quotes, parsed.quote_raw, known_symbols=known, now_us=now,
             max_future_us=future, source=f"{self._source.exchange}.ws",
         )  # fmt: skip
-        rejects.extend(bad)
-        self._emit_trades(trades, trade_raw)
+        rejects.extend(_typed(bad, "quote"))
+        trades = self._dedup_and_observe(trades, trade_raw)
         quotes, _, dupes = self._dedup_quotes.filter(quotes, quote_raw, "update_id")
         self.stats.duplicates += dupes
-        self._out.write_batch(quotes, "quote")
-        self.stats.quotes += quotes.num_rows
-        self._write_rejects(rejects)
+        await self._write(OutputBatch(trades=trades, quotes=quotes, rejects=rejects))
 
-    def _write_rejects(self, rejects: list[Reject]) -> None:
-        if rejects:
-            self._out.write_rejects(rejects)
-            for r in rejects:
-                self.stats.rejects[r.reason.value] = self.stats.rejects.get(r.reason.value, 0) + 1
+    async def _write(self, out: OutputBatch) -> None:
+        await self._out.write(out)
+        # Counted once the output has them: the stats say what was delivered.
+        self.stats.trades += out.trades.num_rows if out.trades is not None else 0
+        self.stats.quotes += out.quotes.num_rows if out.quotes is not None else 0
+        for r in out.rejects:
+            self.stats.rejects[r.reason.value] = self.stats.rejects.get(r.reason.value, 0) + 1
 
-    def _emit_trades(self, trades: pa.RecordBatch, raw: list[bytes]) -> int:
+    def _dedup_and_observe(self, trades: pa.RecordBatch, raw: list[bytes]) -> pa.RecordBatch:
         trades, _, dupes = self._dedup_trades.filter(trades, raw, "trade_id")
         self.stats.duplicates += dupes
         self._gaps.observe(trades)
-        self._out.write_batch(trades, "trade")
-        self.stats.trades += trades.num_rows
-        return int(trades.num_rows)
+        return trades
 
     async def _repair_due_gaps(self) -> None:
         interval = max(min(self._opts.gap_grace_s / 4, 0.5), 0.01)
@@ -206,15 +193,15 @@ class CapturePipeline:
     async def _repair(self, gap: GapRange) -> None:
         with bind_correlation(gap=f"{gap.symbol}:{gap.first_missing_id}-{gap.last_missing_id}"):
             trades, record = await self._repairer.repair(gap)
-            repaired = self._emit_trades(trades, [b""] * trades.num_rows)
-            self.stats.trades_repaired += repaired
+            trades = self._dedup_and_observe(trades, [b""] * trades.num_rows)
+            rejects = _typed(self._source.take_rejects(), "trade")
+            await self._write(OutputBatch(trades=trades, rejects=rejects, gaps=[record]))
+            self.stats.trades_repaired += trades.num_rows
             if record["status"] == "repaired":
                 self.stats.gaps_repaired += 1
             else:
                 self.stats.gaps_unrepairable += 1
             log.info("gap resolved", **{k: v for k, v in record.items() if k != "exchange"})
-            self._out.write_gaps([record])
-            self._write_rejects(self._source.take_rejects())
 
     async def _finish(self) -> None:
         # Gaps still inside their grace period cannot be filled by the stream any more.
@@ -224,14 +211,22 @@ class CapturePipeline:
             await asyncio.gather(*list(self._repairs))
         if self._opts.tail_check:
             await self._fetch_tails()
-        self._out.flush()
+        await self._out.flush()
 
     async def _fetch_tails(self) -> None:
         until = self._stopped_at_us or self._clock_us()
         for (_, symbol), last_id in sorted(self._gaps.tails().items()):
             trades = await self._repairer.fetch_after(symbol, last_id, until_us=until)
-            added = self._emit_trades(trades, [b""] * trades.num_rows)
-            self.stats.trades_after_tail += added
-            if added:
-                log.info("fetched trades after the last received", symbol=symbol, count=added)
-        self._write_rejects(self._source.take_rejects())
+            trades = self._dedup_and_observe(trades, [b""] * trades.num_rows)
+            rejects = _typed(self._source.take_rejects(), "trade")
+            await self._write(OutputBatch(trades=trades, rejects=rejects))
+            self.stats.trades_after_tail += trades.num_rows
+            if trades.num_rows:
+                log.info(
+                    "fetched trades after the last received", symbol=symbol, count=trades.num_rows
+                )
+
+
+def _typed(rejects: list[Reject], data_type: str) -> list[Reject]:
+    """``rejects`` marked as meant to be ``data_type`` records (for dead-letter routing)."""
+    return [r if r.data_type else replace(r, data_type=data_type) for r in rejects]

@@ -33,7 +33,9 @@ class Reject:
     """One rejected frame or record.
 
     ``raw`` is the exact payload received (bytes); ``received_us`` is the receive time
-    in UTC microseconds; ``source`` names where it came from (e.g. ``binance.ws``).
+    in UTC microseconds; ``source`` names where it came from (e.g. ``binance.ws``);
+    ``data_type`` is what the input was meant to be (``trade``, ``quote``), ``None``
+    when it could not be told (unreadable JSON).
     """
 
     reason: RejectReason
@@ -41,6 +43,7 @@ class Reject:
     raw: bytes
     received_us: int
     source: str
+    data_type: str | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-able dict; the raw payload as UTF-8 text, or base64 if not UTF-8."""
@@ -55,6 +58,7 @@ class Reject:
             "detail": self.detail,
             "received_us": self.received_us,
             "source": self.source,
+            "data_type": self.data_type,
             "raw": raw_text,
             "raw_encoding": encoding,
         }

@@ -136,6 +136,10 @@ def test_each_bad_frame_is_rejected_with_its_reason(frame: bytes, reason: Reject
     out = FrameParser().parse([good, frame, good], [1, 2, 3])
     assert [(r.reason, r.raw, r.received_us) for r in out.rejects] == [(reason, frame, 2)]
     assert out.rejects[0].detail
+    # Dead letters are routed by what the frame was meant to be, when that is known.
+    expected_type = {b"@trade": "trade", b"@bookTicker": "quote"}
+    meant = next((t for key, t in expected_type.items() if key in frame), None)
+    assert out.rejects[0].data_type == meant
     assert out.trades.column("trade_id").to_pylist() == [9, 9]
 
 

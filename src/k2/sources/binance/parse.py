@@ -59,6 +59,8 @@ _QUOTE_REQUIRED = ("u", "s", "b", "B", "a", "A")
 
 
 _STREAM_CACHE_LIMIT = 100_000
+#: Binance stream kind → the K2 data type its records are.
+_DATA_TYPES = {"trade": "trade", "bookTicker": "quote"}
 
 
 def _stream_kind(stream: str) -> str:
@@ -227,9 +229,11 @@ class FrameParser:
             elif d.X is not None:
                 self._reject(rejects, RejectReason.FUTURES_FRAME,
                              "futures trade (has X) on a spot stream", frames[i],
-                             received_us[i])  # fmt: skip
+                             received_us[i], "trade")  # fmt: skip
             elif any(getattr(d, name) is None for name in _TRADE_REQUIRED):
-                self._reject_missing(rejects, d, _TRADE_REQUIRED, frames[i], received_us[i])
+                self._reject_missing(
+                    rejects, d, _TRADE_REQUIRED, frames[i], received_us[i], "trade"
+                )
             else:
                 keep_rows.append(i)
                 keep.append(d)
@@ -252,12 +256,14 @@ class FrameParser:
             elif d.e is not None or d.T is not None or d.E is not None:
                 self._reject(rejects, RejectReason.FUTURES_FRAME,
                              "futures bookTicker (has e/E/T) on a spot stream",
-                             frames[i], received_us[i])  # fmt: skip
+                             frames[i], received_us[i], "quote")  # fmt: skip
             elif (
                 any(getattr(d, name) is None for name in _QUOTE_REQUIRED)
                 or not isinstance(d.b, str) or not isinstance(d.a, str)
             ):  # fmt: skip
-                self._reject_missing(rejects, d, _QUOTE_REQUIRED, frames[i], received_us[i])
+                self._reject_missing(
+                    rejects, d, _QUOTE_REQUIRED, frames[i], received_us[i], "quote"
+                )
             else:
                 keep_rows.append(i)
                 keep.append(d)
@@ -304,7 +310,7 @@ class FrameParser:
                                  received_us[i])  # fmt: skip
                 else:
                     self._reject(rejects, RejectReason.BAD_FIELD, shape_error, frame,
-                                 received_us[i])  # fmt: skip
+                                 received_us[i], _DATA_TYPES.get(kind))  # fmt: skip
             else:
                 # A raw (/ws) payload without the combined envelope.
                 raw_kind = _raw_kind(obj)
@@ -321,7 +327,7 @@ class FrameParser:
                     payload = PAYLOAD_DECODER.decode(frame)
                 except msgspec.ValidationError as exc:
                     self._reject(rejects, RejectReason.BAD_FIELD, str(exc), frame,
-                                 received_us[i])  # fmt: skip
+                                 received_us[i], _DATA_TYPES.get(raw_kind))  # fmt: skip
                     continue
                 symbol = str(obj.get("s", "")).lower()
                 decoded.append((i, f"{symbol}@{raw_kind}", payload))
@@ -410,7 +416,7 @@ class FrameParser:
             schema=QUOTE.arrow_schema(),
         )
         batch, raw = _drop_rows(
-            batch, raw, bad, [received_us[i] for i in rows], rejects, self._source
+            batch, raw, bad, [received_us[i] for i in rows], rejects, self._source, "quote"
         )
         return batch, raw, shutdowns
 
@@ -421,8 +427,9 @@ class FrameParser:
         detail: str,
         frame: bytes,
         received_us: int,
+        data_type: str | None = None,
     ) -> None:
-        rejects.append(Reject(reason, detail, bytes(frame), received_us, self._source))
+        rejects.append(Reject(reason, detail, bytes(frame), received_us, self._source, data_type))
 
     def _reject_missing(
         self,
@@ -431,15 +438,17 @@ class FrameParser:
         required: tuple[str, ...],
         frame: bytes,
         received_us: int,
+        data_type: str,
     ) -> None:
         missing = [name for name in required if getattr(d, name) is None]
         if missing:
             detail = "missing field(s): " + ", ".join(missing)
-            self._reject(rejects, RejectReason.MISSING_FIELD, detail, frame, received_us)
+            reason = RejectReason.MISSING_FIELD
         else:
             wrong = [n for n in ("b", "a") if not isinstance(getattr(d, n), str)]
             detail = "field(s) must be decimal strings: " + ", ".join(wrong)
-            self._reject(rejects, RejectReason.BAD_FIELD, detail, frame, received_us)
+            reason = RejectReason.BAD_FIELD
+        self._reject(rejects, reason, detail, frame, received_us, data_type)
 
     def _reject_other_stream(
         self, rejects: list[Reject], stream: str, d: StreamPayload, frame: bytes, recv: int
@@ -506,7 +515,7 @@ def build_trades(
         ],
         schema=TRADE.arrow_schema(),
     )
-    return _drop_rows(batch, raw, bad, received_us, rejects, source)
+    return _drop_rows(batch, raw, bad, received_us, rejects, source, "trade")
 
 
 def parse_rest_trades(
@@ -669,12 +678,20 @@ def _drop_rows(
     received: Sequence[int],
     rejects: list[Reject],
     source: str,
+    data_type: str,
 ) -> tuple[pa.RecordBatch, list[bytes]]:
     if not bad:
         return batch, raw
     for row in sorted(bad):
         rejects.append(
-            Reject(RejectReason.INVALID_DECIMAL, bad[row], bytes(raw[row]), received[row], source)
+            Reject(
+                RejectReason.INVALID_DECIMAL,
+                bad[row],
+                bytes(raw[row]),
+                received[row],
+                source,
+                data_type,
+            )
         )
     keep = [i for i in range(batch.num_rows) if i not in bad]
     return batch.take(pa.array(keep, pa.int64())), [raw[i] for i in keep]
