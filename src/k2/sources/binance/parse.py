@@ -79,6 +79,29 @@ def _payloads(
     return [by_row[i] for i in rows]
 
 
+def _trade_problem(d: StreamPayload) -> tuple[RejectReason, str] | None:
+    """Why a payload on an ``@trade`` stream is not a spot trade, or ``None``."""
+    if d.X is not None:
+        return RejectReason.FUTURES_FRAME, "futures trade (has X) on a spot stream"
+    missing = [name for name in _TRADE_REQUIRED if getattr(d, name) is None]
+    if missing:
+        return RejectReason.MISSING_FIELD, "missing field(s): " + ", ".join(missing)
+    return None
+
+
+def _quote_problem(d: StreamPayload) -> tuple[RejectReason, str] | None:
+    """Why a payload on a ``@bookTicker`` stream is not a spot best bid/ask, or ``None``."""
+    if d.e is not None or d.T is not None or d.E is not None:
+        return RejectReason.FUTURES_FRAME, "futures bookTicker (has e/E/T) on a spot stream"
+    missing = [name for name in _QUOTE_REQUIRED if getattr(d, name) is None]
+    if missing:
+        return RejectReason.MISSING_FIELD, "missing field(s): " + ", ".join(missing)
+    wrong = [name for name in ("b", "a") if not isinstance(getattr(d, name), str)]
+    if wrong:
+        return RejectReason.BAD_FIELD, "field(s) must be decimal strings: " + ", ".join(wrong)
+    return None
+
+
 class _TradeColumns:
     """The columns of a batch of trade payloads, built once, with a validity scan."""
 
@@ -212,58 +235,27 @@ class FrameParser:
         shutdowns += n
         return ParsedBatch(trades, trade_raw, quotes, quote_raw, rejects, shutdowns, controls)
 
-    def _screen_trades(
+    def _screen(
         self,
+        data_type: str,
         rows: list[int],
         data: list[StreamPayload],
         frames: Sequence[bytes],
         received_us: Sequence[int],
         rejects: list[Reject],
     ) -> tuple[list[int], list[StreamPayload], int]:
+        """Keep the rows of ``data`` that are sound ``data_type`` payloads; reject the
+        rest with their reason; count shutdown notices that arrived on a data stream."""
+        problem = _trade_problem if data_type == "trade" else _quote_problem
         keep_rows: list[int] = []
         keep: list[StreamPayload] = []
         shutdowns = 0
         for i, d in zip(rows, data, strict=True):
             if d.e == "serverShutdown":
                 shutdowns += 1
-            elif d.X is not None:
-                self._reject(rejects, RejectReason.FUTURES_FRAME,
-                             "futures trade (has X) on a spot stream", frames[i],
-                             received_us[i], "trade")  # fmt: skip
-            elif any(getattr(d, name) is None for name in _TRADE_REQUIRED):
-                self._reject_missing(
-                    rejects, d, _TRADE_REQUIRED, frames[i], received_us[i], "trade"
-                )
-            else:
-                keep_rows.append(i)
-                keep.append(d)
-        return keep_rows, keep, shutdowns
-
-    def _screen_quotes(
-        self,
-        rows: list[int],
-        data: list[StreamPayload],
-        frames: Sequence[bytes],
-        received_us: Sequence[int],
-        rejects: list[Reject],
-    ) -> tuple[list[int], list[StreamPayload], int]:
-        keep_rows: list[int] = []
-        keep: list[StreamPayload] = []
-        shutdowns = 0
-        for i, d in zip(rows, data, strict=True):
-            if d.e == "serverShutdown":
-                shutdowns += 1
-            elif d.e is not None or d.T is not None or d.E is not None:
-                self._reject(rejects, RejectReason.FUTURES_FRAME,
-                             "futures bookTicker (has e/E/T) on a spot stream",
-                             frames[i], received_us[i], "quote")  # fmt: skip
-            elif (
-                any(getattr(d, name) is None for name in _QUOTE_REQUIRED)
-                or not isinstance(d.b, str) or not isinstance(d.a, str)
-            ):  # fmt: skip
-                self._reject_missing(
-                    rejects, d, _QUOTE_REQUIRED, frames[i], received_us[i], "quote"
-                )
+            elif found := problem(d):
+                reason, detail = found
+                self._reject(rejects, reason, detail, frames[i], received_us[i], data_type)
             else:
                 keep_rows.append(i)
                 keep.append(d)
@@ -348,7 +340,7 @@ class FrameParser:
         if not cols.clean:
             # Rare frames (futures, missing fields, a shutdown notice on a data stream)
             # are screened row by row only when the column scan found one.
-            rows, data, shutdowns = self._screen_trades(rows, data, frames, received_us, rejects)
+            rows, data, shutdowns = self._screen("trade", rows, data, frames, received_us, rejects)
             cols = _TradeColumns(data)
         raw = [frames[i] for i in rows]
         if not rows:
@@ -381,7 +373,7 @@ class FrameParser:
         shutdowns = 0
         cols = _QuoteColumns(data)
         if not cols.clean:
-            rows, data, shutdowns = self._screen_quotes(rows, data, frames, received_us, rejects)
+            rows, data, shutdowns = self._screen("quote", rows, data, frames, received_us, rejects)
             cols = _QuoteColumns(data)
         raw = [frames[i] for i in rows]
         if not rows:
@@ -430,25 +422,6 @@ class FrameParser:
         data_type: str | None = None,
     ) -> None:
         rejects.append(Reject(reason, detail, bytes(frame), received_us, self._source, data_type))
-
-    def _reject_missing(
-        self,
-        rejects: list[Reject],
-        d: StreamPayload,
-        required: tuple[str, ...],
-        frame: bytes,
-        received_us: int,
-        data_type: str,
-    ) -> None:
-        missing = [name for name in required if getattr(d, name) is None]
-        if missing:
-            detail = "missing field(s): " + ", ".join(missing)
-            reason = RejectReason.MISSING_FIELD
-        else:
-            wrong = [n for n in ("b", "a") if not isinstance(getattr(d, n), str)]
-            detail = "field(s) must be decimal strings: " + ", ".join(wrong)
-            reason = RejectReason.BAD_FIELD
-        self._reject(rejects, reason, detail, frame, received_us, data_type)
 
     def _reject_other_stream(
         self, rejects: list[Reject], stream: str, d: StreamPayload, frame: bytes, recv: int
