@@ -22,7 +22,7 @@ from k2.ops.log import configure_logging
 
 app = typer.Typer(
     name="k2",
-    help="K2: capture crypto market data, land it in an Iceberg lakehouse, query it.",
+    help="K2: capture crypto market data into canonical records and a durable log.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -67,30 +67,64 @@ def _root(
         raise typer.Exit()
 
 
+SymbolsOpt = Annotated[
+    str | None, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+]
+StreamsOpt = Annotated[
+    str | None, typer.Option("--streams", help="Comma-separated data types: trade, quote.")
+]
+WsUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ws-url", help="WebSocket base URL (live Binance by default; testnet; simulator)."
+    ),
+]
+RestUrlOpt = Annotated[
+    str | None, typer.Option("--rest-url", help="REST base URL matching --ws-url.")
+]
+MaxSecondsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-seconds", help="Stop cleanly after this many seconds, flushing everything."
+    ),
+]
+MicrosOpt = Annotated[
+    bool | None,
+    typer.Option("--micros/--millis", help="Ask Binance for microsecond timestamps."),
+]
+
+
+def _capture_settings(
+    symbols: str | None, streams: str | None, ws_url: str | None, rest_url: str | None,
+    micros: bool | None, log_format: str | None, log_level: str | None,
+    **sections: dict[str, Any],
+) -> Settings:  # fmt: skip
+    return _settings(
+        log_format,
+        log_level,
+        capture={"symbols": symbols, "streams": streams},
+        binance={"ws_url": ws_url, "rest_url": rest_url, "micros": micros},
+        **sections,
+    )
+
+
+def _print_summary(result: Any) -> None:
+    summary = {"seconds": round(result.seconds, 3), **result.stats.as_dict()}
+    summary["websocket"] = result.stream
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+
+
 @app.command()
 def capture(
-    symbols: Annotated[
-        str | None, typer.Option(help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
-    ] = None,
-    streams: Annotated[
-        str | None, typer.Option(help="Comma-separated data types: trade, quote.")
-    ] = None,
-    ws_url: Annotated[
-        str | None,
-        typer.Option(help="WebSocket base URL (live Binance by default; testnet; simulator)."),
-    ] = None,
-    rest_url: Annotated[str | None, typer.Option(help="REST base URL matching --ws-url.")] = None,
+    symbols: SymbolsOpt = None,
+    streams: StreamsOpt = None,
+    ws_url: WsUrlOpt = None,
+    rest_url: RestUrlOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="NDJSON file to append to (default: stdout).")
     ] = None,
-    max_seconds: Annotated[
-        float | None,
-        typer.Option(help="Stop cleanly after this many seconds, flushing everything."),
-    ] = None,
-    micros: Annotated[
-        bool | None,
-        typer.Option("--micros/--millis", help="Ask Binance for microsecond timestamps."),
-    ] = None,
+    max_seconds: MaxSecondsOpt = None,
+    micros: MicrosOpt = None,
     log_format: LogFormatOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
@@ -103,19 +137,51 @@ def capture(
     from k2.capture.service import capture as run_capture
 
     try:
-        settings = _settings(
-            log_format,
-            log_level,
-            capture={"symbols": symbols, "streams": streams},
-            binance={"ws_url": ws_url, "rest_url": rest_url, "micros": micros},
-        )
+        settings = _capture_settings(symbols, streams, ws_url, rest_url, micros, log_format,
+                                     log_level)  # fmt: skip
         result = asyncio.run(run_capture(settings, out, max_seconds=max_seconds))
     except K2Error as exc:
         _fail(exc)
         return
-    summary = {"seconds": round(result.seconds, 3), **result.stats.as_dict()}
-    summary["websocket"] = result.stream
-    print(json.dumps(summary, indent=2), file=sys.stderr)
+    _print_summary(result)
+
+
+@app.command()
+def ingest(
+    symbols: SymbolsOpt = None,
+    streams: StreamsOpt = None,
+    ws_url: WsUrlOpt = None,
+    rest_url: RestUrlOpt = None,
+    max_seconds: MaxSecondsOpt = None,
+    micros: MicrosOpt = None,
+    log_backend: Annotated[
+        str | None, typer.Option(help="embedded (default) or kafka (K2_LOG__BACKEND).")
+    ] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers (K2_LOG__BOOTSTRAP_SERVERS).")
+    ] = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Capture into the durable log: the capture pipeline, writing to topics.
+
+    Trades and quotes go to market.crypto.{trades,quotes}.binance keyed by symbol,
+    rejected frames to the .dlq topic of their data type, gaps to
+    market.crypto.gaps.binance. A batch is taken from the exchange only after the log
+    has made the previous one durable. Ctrl-C stops cleanly.
+    """
+    from k2.capture.service import ingest as run_ingest
+
+    try:
+        settings = _capture_settings(
+            symbols, streams, ws_url, rest_url, micros, log_format, log_level,
+            log={"backend": log_backend, "bootstrap_servers": bootstrap_servers},
+        )  # fmt: skip
+        result = asyncio.run(run_ingest(settings, max_seconds=max_seconds))
+    except K2Error as exc:
+        _fail(exc)
+        return
+    _print_summary(result)
 
 
 @app.command()
@@ -201,6 +267,122 @@ def demo(
         asyncio.run(run_demo(settings, seconds=seconds, out=out))
     except K2Error as exc:
         _fail(exc)
+
+
+dlq_app = typer.Typer(
+    help="Dead letters: rejected frames kept with their reason and raw payload.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+
+DataTypeOpt = Annotated[
+    str | None, typer.Option("--data-type", help="trade, quote or frames (unreadable frames).")
+]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Only this reject reason.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table or json.")]
+
+
+def _dlq_context() -> tuple[Settings, Any, Any]:
+    from k2.log.factory import open_log, topic_layout
+
+    settings = _settings(None, "WARNING")
+    return settings, open_log(settings), topic_layout(settings)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    data_type: DataTypeOpt = None,
+    reason: ReasonOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    output: FormatOpt = "table",
+) -> None:
+    """List dead letters, oldest first: where they are, why, and a peek at the raw."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from k2.capture.dead_letters import list_dead_letters
+
+    try:
+        _, log, layout = _dlq_context()
+        try:
+            letters = list_dead_letters(log, layout, data_type=data_type, reason=reason,
+                                        limit=limit)  # fmt: skip
+        finally:
+            log.close()
+    except K2Error as exc:
+        _fail(exc)
+        return
+    if output == "json":
+        for letter in letters:
+            typer.echo(json.dumps(letter.to_json_dict()))
+        return
+    table = Table("topic", "part", "offset", "reason", "detail", "raw")
+    for x in letters:
+        raw = x.raw[:40].decode("utf-8", "replace") + ("…" if len(x.raw) > 40 else "")
+        table.add_row(x.topic, str(x.partition), str(x.offset), x.reason, x.detail[:60], raw)
+    Console().print(table)
+    typer.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    topic: Annotated[str, typer.Argument(help="Dead-letter topic (see `k2 dlq list`).")],
+    offset: Annotated[int, typer.Argument(help="Offset of the dead letter.")],
+    partition: Annotated[int, typer.Option(help="Partition.")] = 0,
+) -> None:
+    """Show one dead letter in full, raw payload included, as JSON."""
+    from k2.capture.dead_letters import show_dead_letter
+
+    try:
+        _, log, _ = _dlq_context()
+        try:
+            letter = show_dead_letter(log, topic, partition, offset)
+        finally:
+            log.close()
+    except K2Error as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(letter.to_json_dict(), indent=2))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    data_type: DataTypeOpt = None,
+    reason: ReasonOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would happen; change nothing.")
+    ] = False,
+) -> None:
+    """Run dead letters through today's parser and validation again.
+
+    What now passes is produced to its data topic; what still fails stays and is
+    counted. Each dead letter is examined once: progress is kept as the consumer group
+    k2-dead-letter-replay. Symbols are checked against capture.symbols.
+    """
+    from k2.capture.dead_letters import replay_dead_letters
+
+    try:
+        settings, log, layout = _dlq_context()
+        try:
+            report = replay_dead_letters(
+                log, layout, known_symbols=frozenset(settings.capture.symbols),
+                data_type=data_type, reason=reason, dry_run=dry_run,
+                max_future_skew_s=settings.capture.max_future_skew_s,
+            )  # fmt: skip
+        finally:
+            log.close()
+    except K2Error as exc:
+        _fail(exc)
+        return
+    summary = {
+        "examined": report.examined,
+        "replayed": report.replayed,
+        "still_rejected": dict(report.still_rejected),
+        "not_replayable": dict(report.not_replayable),
+        "skipped_by_reason_filter": report.skipped_by_reason_filter,
+        "dry_run": dry_run,
+    }
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("config")

@@ -86,6 +86,28 @@ def _split_list(text: str) -> list[str]:
     return [s for s in text.replace(" ", ",").split(",") if s]
 
 
+class LogSettings(BaseModel):
+    """The durable log: embedded (SQLite, default) or Kafka."""
+
+    backend: Literal["embedded", "kafka"] = Field(
+        "embedded", description="embedded: one machine, no server; kafka: a Kafka cluster"
+    )
+    path: Path | None = Field(None, description="embedded log directory (default data_dir/log)")
+    durability: Literal["full", "normal"] = Field(
+        "full",
+        description="embedded: full fsyncs every batch (survives power loss); normal "
+        "survives process crashes only",
+    )
+    bootstrap_servers: str = Field("localhost:9092", description="kafka: bootstrap servers")
+    client_config: dict[str, str] = Field(
+        default_factory=dict, description="kafka: extra librdkafka settings (security, ...)"
+    )
+    trade_partitions: int = Field(40, ge=1)
+    quote_partitions: int = Field(40, ge=1)
+    retention_hours: float = Field(168.0, gt=0, description="keep records this long")
+    retention_bytes: int | None = Field(None, gt=0, description="and at most this much")
+
+
 class LoggingSettings(BaseModel):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
@@ -102,8 +124,12 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("k2-data"), description="where K2 keeps its files")
+    schema_registry_url: str | None = Field(
+        None, description="kafka: Confluent Schema Registry URL; Avro when set"
+    )
     binance: BinanceSettings = Field(default_factory=BinanceSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod

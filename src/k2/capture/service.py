@@ -1,4 +1,4 @@
-"""Capture as a service function: what ``k2 capture`` and ``k2 demo`` call.
+"""Capture as service functions: what ``k2 capture``, ``k2 ingest`` and ``k2 demo`` call.
 
 Builds the Binance source and the pipeline from settings, runs them, stops cleanly on
 SIGINT/SIGTERM or after ``max_seconds``, and returns the run's statistics.
@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from k2.capture.log_output import LogOutput
 from k2.capture.ndjson import NdjsonWriter
+from k2.capture.output import CaptureOutput
 from k2.capture.pipeline import CaptureOptions, CapturePipeline, CaptureStats
 from k2.config import Settings
+from k2.log.factory import open_log, topic_layout
 from k2.ops.log import get_logger
 from k2.sources.binance.source import BinanceSource
 
@@ -70,25 +73,58 @@ async def capture(
     Stops after ``max_seconds``, when ``stop`` is set, or on SIGINT/SIGTERM (if
     ``handle_signals``); every received frame is processed and flushed before return.
     """
+    with NdjsonWriter(out) as writer:
+        return await run(
+            settings, writer, max_seconds=max_seconds, stop=stop, handle_signals=handle_signals
+        )
+
+
+async def ingest(
+    settings: Settings,
+    *,
+    max_seconds: float | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> CaptureResult:
+    """Capture into the log of ``settings.log``: records to their topics, rejects to the
+    dead-letter topics, gaps to the gaps topic. Stops as :func:`capture` does."""
+    log = open_log(settings)
+    try:
+        output = LogOutput(log, topic_layout(settings))
+        return await run(
+            settings, output, max_seconds=max_seconds, stop=stop, handle_signals=handle_signals
+        )
+    finally:
+        log.close()
+
+
+async def run(
+    settings: Settings,
+    output: CaptureOutput,
+    *,
+    max_seconds: float | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> CaptureResult:
+    """Run the capture pipeline from the configured source into ``output``."""
     loop = asyncio.get_running_loop()
     source = source_from(settings)
     started = loop.time()
-    with NdjsonWriter(out) as writer:
-        pipeline = CapturePipeline(source, writer, options_from(settings))
-        installed: list[signal.Signals] = []
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, pipeline.request_stop)
-                    installed.append(sig)
-        watcher = asyncio.create_task(_forward(stop, pipeline)) if stop is not None else None
-        try:
-            stats = await pipeline.run(max_seconds=max_seconds)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            if watcher is not None:
-                watcher.cancel()
+    pipeline = CapturePipeline(source, output, options_from(settings))
+    installed: list[signal.Signals] = []
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, pipeline.request_stop)
+                installed.append(sig)
+    watcher = asyncio.create_task(_forward(stop, pipeline)) if stop is not None else None
+    try:
+        stats = await pipeline.run(max_seconds=max_seconds)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
     stream = source.stream
     return CaptureResult(
         stats=stats,
