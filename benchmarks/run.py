@@ -1,30 +1,44 @@
-"""``make bench``: run every benchmark and rewrite BENCHMARKS.md's results section."""
+"""``make bench``: run every benchmark and rewrite its results block in BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import argparse
-import re
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_capture, bench_decode
+from benchmarks import bench_capture, bench_decode, bench_log_embedded
 from benchmarks.harness import Result, render
+from k2.ops.log import configure_logging
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+#: Every benchmark: name → run(runs) returning its results.
+BENCHMARKS: dict[str, Callable[[int], list[Result]]] = {
+    "decode": lambda runs: [bench_decode.run(runs)],
+    "capture": bench_capture.run,
+    "log-embedded": bench_log_embedded.run,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per benchmark (median)")
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the file")
+    parser.add_argument(
+        "--only", choices=sorted(BENCHMARKS), action="append", help="run only these (repeatable)"
+    )
     args = parser.parse_args()
-    results: list[Result] = [bench_decode.run(args.runs), *bench_capture.run(args.runs)]
-    table = render(results, f"make bench (python -m benchmarks.run --runs {args.runs})")
-    print(table)
+    configure_logging("console", "ERROR")
+    text = BENCHMARKS_MD.read_text()
+    for name in args.only or BENCHMARKS:
+        results = BENCHMARKS[name](args.runs)
+        table = render(results, f"python -m benchmarks.run --only {name} --runs {args.runs}")
+        print(f"## {name}\n{table}")
+        start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+        if start not in text:
+            raise SystemExit(f"BENCHMARKS.md has no {start} block")
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}"
     if not args.no_write:
-        text = BENCHMARKS_MD.read_text()
-        block = f"{START}\n{table}\n{END}"
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), block, text, flags=re.S)
         BENCHMARKS_MD.write_text(text)
 
 
