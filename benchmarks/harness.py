@@ -43,7 +43,8 @@ def repeat(measure: Callable[[], float], runs: int) -> list[float]:
 def machine() -> dict[str, str]:
     """Facts about the machine and the versions that produced a result table."""
     versions = {
-        name: metadata.version(name) for name in ("msgspec", "pyarrow", "websockets", "aiohttp")
+        name: metadata.version(name)
+        for name in ("msgspec", "pyarrow", "websockets", "aiohttp", "confluent-kafka", "fastavro")
     }
     return {
         "python": platform.python_version(),

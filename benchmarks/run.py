@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_capture, bench_decode, bench_log_embedded
+from benchmarks import bench_capture, bench_decode, bench_log_embedded, bench_log_kafka
 from benchmarks.harness import Result, render
 from k2.ops.log import configure_logging
 
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Callable[[int], list[Result]]] = {
     "decode": lambda runs: [bench_decode.run(runs)],
     "capture": bench_capture.run,
     "log-embedded": bench_log_embedded.run,
+    "log-kafka": bench_log_kafka.run,
 }
 
 
