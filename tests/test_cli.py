@@ -32,7 +32,7 @@ def run_k2(
 def test_every_command_has_help() -> None:
     top = run_k2("--help")
     assert top.returncode == 0
-    for command in ("capture", "simulate", "demo", "config"):
+    for command in ("capture", "ingest", "simulate", "demo", "config", "dlq"):
         assert command in top.stdout
         sub = run_k2(command, "--help")
         assert sub.returncode == 0, sub.stderr
@@ -116,3 +116,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = run_k2("demo", "--seconds", "2", "--out", str(tmp_path / "d.ndjson"), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "captured exactly once" in result.stdout
+
+
+def test_ingest_command_fills_the_embedded_log(simulator: int, tmp_path: Path) -> None:
+    from k2.log.base import TopicPartition
+    from k2.log.embedded import EmbeddedLog
+
+    result = run_k2(
+        "ingest", "--symbols", "BTCUSDT", "--ws-url", f"ws://127.0.0.1:{simulator}",
+        "--rest-url", f"http://127.0.0.1:{simulator}", "--max-seconds", "3",
+        env={"K2_DATA_DIR": str(tmp_path), "K2_LOG__TRADE_PARTITIONS": "4"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with EmbeddedLog(tmp_path / "log") as log:
+        topic = "market.crypto.trades.binance"
+        assert log.topic(topic).partitions == 4
+        ids: list[int] = []
+        for partition, start in log.begin_offsets(topic).items():
+            for batch in log.read(TopicPartition(topic, partition), start):
+                ids += batch.records.column("trade_id").to_pylist()
+    assert sorted(ids) == list(range(HFT_FIRST_TRADE_ID, HFT_LAST_TRADE_ID + 1))
