@@ -147,3 +147,20 @@ def test_dlq_commands(tmp_path: Path) -> None:
     bad = k2("list", "--data-type", "candles")
     assert bad.returncode == 2
     assert "unknown data type" in bad.stderr
+
+
+def test_ingest_output_applies_retention_on_schedule(tmp_path: Path) -> None:
+    from k2.log.base import Retention
+
+    now = [1_700_000_000_000_000]
+    log = EmbeddedLog(tmp_path / "log", clock=lambda: now[0])
+    layout = TopicLayout(trade_partitions=1, retention=Retention(max_age_us=3_600_000_000))
+    output = LogOutput(log, layout, clock_us=lambda: now[0], retention_interval_s=60)
+    old = Reject(RejectReason.MALFORMED_JSON, "x", b"{", now[0], "binance.ws", None)
+    asyncio.run(output.write(OutputBatch(rejects=[old])))
+    assert output.retention_deleted == 0  # not due yet
+    now[0] += 2 * 3_600_000_000  # two hours later the old record is past retention
+    asyncio.run(output.write(OutputBatch(rejects=[old])))
+    assert output.retention_deleted == 1
+    assert len(list_dead_letters(log, layout)) == 1
+    log.close()

@@ -44,20 +44,37 @@ def dead_letter_batch(rejects: list[Reject], rejected_at_us: int) -> pa.RecordBa
 
 
 class LogOutput:
-    """Writes the capture's output to ``log`` under ``layout``'s topic names."""
+    """Writes the capture's output to ``log`` under ``layout``'s topic names.
+
+    The process that writes the log also applies its retention, every
+    ``retention_interval_s`` (the embedded log deletes old segments; Kafka's brokers
+    do it themselves and the call is free).
+    """
 
     def __init__(
-        self, log: Log, layout: TopicLayout, *, clock_us: Callable[[], int] = _now_us
+        self,
+        log: Log,
+        layout: TopicLayout,
+        *,
+        clock_us: Callable[[], int] = _now_us,
+        retention_interval_s: float = 60.0,
     ) -> None:
         self._log = log
         self._layout = layout
         self._clock_us = clock_us
+        self._retention_every_us = int(retention_interval_s * 1_000_000)
+        self._retention_due_us = clock_us() + self._retention_every_us
+        self.retention_deleted = 0
         for spec in layout.specs():
             log.create_topic(spec)
 
     async def write(self, batch: OutputBatch) -> None:
         """Produce every part of ``batch``; returns once all of it is durable."""
         await asyncio.to_thread(self._write, batch)
+        now = self._clock_us()
+        if now >= self._retention_due_us:
+            self._retention_due_us = now + self._retention_every_us
+            self.retention_deleted += await asyncio.to_thread(self._log.enforce_retention)
 
     def _write(self, batch: OutputBatch) -> None:
         layout = self._layout
