@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from benchmarks.datasets import realistic_trades
 from benchmarks.harness import Result, repeat
 from k2.log.base import Retention, TopicSpec
 from k2.log.embedded import Durability, EmbeddedLog
 from k2.records import TRADE
-from k2.sources.binance.parse import FrameParser
-from tests.captures import hft_frames
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT")
 BATCH = 10_000
@@ -39,28 +37,8 @@ PARTITIONS = 4
 
 
 def trade_batches(total: int = TOTAL, batch: int = BATCH) -> list[pa.RecordBatch]:
-    """``total`` realistic TRADE rows in batches of ``batch`` (see module docstring)."""
-    frames, received = hft_frames()
-    parsed = FrameParser().parse(frames, received).trades
-    assert parsed is not None and parsed.num_rows > 0
-    real = pa.Table.from_batches([parsed]).combine_chunks()
-    reps = total // real.num_rows + 1
-    tiled = pa.concat_tables([real] * reps).slice(0, total).combine_chunks()
-    ids = pa.array(range(total), pa.int64())
-    symbols = pa.array([SYMBOLS[i % len(SYMBOLS)] for i in range(total)])
-    message_ids = pc.binary_join_element_wise("binance", symbols, ids.cast(pa.string()), ":")
-    columns = {
-        "trade_id": ids,
-        "source_sequence": ids,
-        "symbol": symbols,
-        "message_id": message_ids,
-    }
-    schema = TRADE.arrow_schema()
-    table = pa.Table.from_arrays(
-        [columns.get(f.name, tiled.column(f.name)) for f in schema], schema=schema
-    ).combine_chunks()
-    out: list[pa.RecordBatch] = table.to_batches(max_chunksize=batch)
-    return out
+    """``total`` realistic trades over :data:`SYMBOLS` in batches of ``batch`` rows."""
+    return realistic_trades(total, batch, symbols=SYMBOLS, first_id=0)
 
 
 def run(runs: int = 5) -> list[Result]:

@@ -16,14 +16,13 @@ import uuid
 
 import pyarrow as pa
 
+from benchmarks.datasets import realistic_trades
 from benchmarks.harness import Result, repeat
 from k2.log.base import TopicSpec
 from k2.log.codec import AvroCodec, Codec, CompactCodec
 from k2.log.kafka import KafkaLog
 from k2.log.registry import MemorySchemaStore
 from k2.records import TRADE
-from k2.sources.binance.parse import FrameParser
-from tests.captures import hft_frames
 from tests.log.tansu import running_tansu
 
 TOTAL = 200_000
@@ -33,25 +32,8 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
 
 
 def trade_batches(total: int = TOTAL, batch: int = BATCH) -> list[pa.RecordBatch]:
-    """``total`` real trades over :data:`SYMBOLS`, in batches of ``batch``."""
-    frames, received = hft_frames()
-    real = FrameParser().parse(frames, received).trades
-    rows = real.take(pa.array([i % real.num_rows for i in range(total)], pa.int64()))
-    symbols = pa.array([SYMBOLS[i % len(SYMBOLS)] for i in range(total)])
-    ids = pa.array(range(3_000_000_000, 3_000_000_000 + total), pa.int64())
-    message_ids = pa.array(
-        [f"binance:{s}:{i}" for s, i in zip(symbols.to_pylist(), ids.to_pylist(), strict=True)]
-    )
-    columns = {
-        "symbol": symbols,
-        "trade_id": ids,
-        "source_sequence": ids,
-        "message_id": message_ids,
-    }
-    schema = TRADE.arrow_schema()
-    arrays = [columns.get(f.name, rows.column(f.name)) for f in schema]
-    table = pa.RecordBatch.from_arrays(arrays, schema=schema)
-    return [table.slice(i, batch) for i in range(0, total, batch)]
+    """``total`` realistic trades over :data:`SYMBOLS` in batches of ``batch`` rows."""
+    return realistic_trades(total, batch, symbols=SYMBOLS, first_id=3_000_000_000)
 
 
 def _produce_rate(log: KafkaLog, batches: list[pa.RecordBatch]) -> tuple[float, str]:
