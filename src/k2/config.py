@@ -108,6 +108,50 @@ class LogSettings(BaseModel):
     retention_bytes: int | None = Field(None, gt=0, description="and at most this much")
 
 
+class LakeSettings(BaseModel):
+    """The Iceberg lakehouse: catalog, warehouse (local directory or S3) and the sink."""
+
+    catalog: Literal["sqlite", "postgresql", "rest"] = Field(
+        "sqlite",
+        description="sqlite: embedded SQL catalog (default); postgresql: SQL catalog on a "
+        "PostgreSQL server; rest: an Iceberg REST catalog",
+    )
+    uri: str | None = Field(
+        None,
+        description="catalog URI: sqlite default data_dir/lake/catalog.db; postgresql an "
+        "SQLAlchemy URL (postgresql+psycopg2://user:pw@host:5432/db); rest the server URL",
+    )
+    warehouse: str | None = Field(
+        None,
+        description="where data files go: a directory (default data_dir/lake/warehouse) or "
+        "s3://bucket/prefix",
+    )
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, moto, ...)")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret access key")
+    s3_region: str = Field("us-east-1", description="S3 region")
+    s3_path_style: bool = Field(
+        False, description="path-style S3 addressing (needed by MinIO and moto)"
+    )
+    namespace: str = Field("market_data", description="Iceberg namespace of K2's tables")
+    sink_max_records: int = Field(
+        100_000, ge=1, description="sink: commit once this many records are buffered"
+    )
+    sink_max_seconds: float = Field(
+        5.0, gt=0, description="sink: commit at least this often while records arrive"
+    )
+    sink_group: str = Field("k2-lake-sink", description="sink: log consumer group")
+    sink_commit_retries: int = Field(
+        10, ge=0, description="sink: attempts after a failed append before dead-lettering"
+    )
+    time_travel_hours: float = Field(
+        168.0, gt=0, description="maintenance keeps every instant of this window readable"
+    )
+    orphan_grace_hours: float = Field(
+        24.0, gt=0, description="maintenance deletes unreferenced files older than this"
+    )
+
+
 class LoggingSettings(BaseModel):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
@@ -130,6 +174,7 @@ class Settings(BaseSettings):
     binance: BinanceSettings = Field(default_factory=BinanceSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod

@@ -1,0 +1,109 @@
+"""Open the Iceberg catalog the settings ask for.
+
+Three catalogs, one call:
+
+- ``sqlite`` (default): pyiceberg's SQL catalog in ``data_dir/lake/catalog.db``; nothing
+  to run. Several processes may commit at once (SQLite serialises the pointer swap).
+- ``postgresql``: the same SQL catalog on a PostgreSQL server
+  (``uri = postgresql+psycopg2://user:password@host:5432/database``).
+- ``rest``: an Iceberg REST catalog (Polaris, Nessie, Lakekeeper, Tabular ...) at
+  ``uri``; ``warehouse`` is passed as the REST ``warehouse`` property. Configuration
+  only: K2's tests do not run a REST server.
+
+Data files go to ``warehouse``: a local directory (default ``data_dir/lake/warehouse``)
+or ``s3://bucket/prefix`` with the ``s3_*`` settings (endpoint, keys, region, path
+style for MinIO/moto). pyiceberg's drivers are imported only here, lazily, so a
+missing extra is reported by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from k2.config import LakeSettings, Settings
+from k2.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+#: The catalog name K2 registers its tables under (SQL catalogs key rows by it).
+CATALOG_NAME = "k2"
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The catalog of ``settings.lake`` (relative defaults resolve under ``data_dir``).
+
+    Raises :class:`~k2.errors.ConfigError` for an incomplete configuration (e.g. a
+    PostgreSQL or REST catalog without ``uri``) or a missing optional driver.
+    """
+    return catalog_from(settings.lake, settings.data_dir)
+
+
+def catalog_properties(lake: LakeSettings, data_dir: Path) -> dict[str, str]:
+    """The pyiceberg properties for ``lake`` (no connection is made).
+
+    Exposed so the query layer can hand the same warehouse and S3 settings to DuckDB
+    or another engine.
+    """
+    warehouse = lake.warehouse or (Path(data_dir) / "lake" / "warehouse").resolve().as_uri()
+    if "://" not in warehouse:
+        warehouse = Path(warehouse).resolve().as_uri()
+    props: dict[str, str] = {"warehouse": warehouse}
+    if lake.catalog == "sqlite":
+        if lake.uri:
+            props["uri"] = lake.uri
+        else:
+            db = (Path(data_dir) / "lake" / "catalog.db").resolve()
+            props["uri"] = f"sqlite:///{db}"
+    elif lake.uri:
+        props["uri"] = lake.uri
+    else:
+        raise ConfigError(f"K2_LAKE__URI is required for the {lake.catalog} catalog")
+    if lake.catalog == "rest":
+        props["type"] = "rest"
+    else:
+        props["type"] = "sql"
+        # Creates pyiceberg's catalog tables on first use (idempotent).
+        props["init_catalog_tables"] = "true"
+    if warehouse.startswith(("s3://", "s3a://")) or lake.s3_endpoint:
+        props.update(_s3_properties(lake))
+    return props
+
+
+def _s3_properties(lake: LakeSettings) -> dict[str, str]:
+    props = {"s3.region": lake.s3_region}
+    if lake.s3_endpoint:
+        props["s3.endpoint"] = lake.s3_endpoint
+    if lake.s3_access_key_id:
+        props["s3.access-key-id"] = lake.s3_access_key_id
+    if lake.s3_secret_access_key:
+        props["s3.secret-access-key"] = lake.s3_secret_access_key
+    if lake.s3_path_style:
+        props["s3.force-virtual-addressing"] = "false"
+    return props
+
+
+def catalog_from(lake: LakeSettings, data_dir: Path) -> Catalog:
+    """The catalog for ``lake``; local directories it needs are created."""
+    props = catalog_properties(lake, data_dir)
+    if lake.catalog == "sqlite" and not lake.uri:
+        (Path(data_dir) / "lake").mkdir(parents=True, exist_ok=True)
+    if props["warehouse"].startswith("file://"):
+        Path(props["warehouse"].removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    try:
+        if props["type"] == "rest":
+            from pyiceberg.catalog.rest import RestCatalog
+
+            rest_props = {k: v for k, v in props.items() if k != "type"}
+            return RestCatalog(CATALOG_NAME, **rest_props)
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        sql_props = {k: v for k, v in props.items() if k != "type"}
+        return SqlCatalog(CATALOG_NAME, **sql_props)
+    except ModuleNotFoundError as exc:
+        extra = {"sqlite": "sql-sqlite", "postgresql": "sql-postgres", "rest": "s3fs"}
+        raise ConfigError(
+            f"the {lake.catalog} catalog needs {exc.name!r}: "
+            f"pip install 'pyiceberg[{extra[lake.catalog]}]'"
+        ) from exc
