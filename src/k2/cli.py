@@ -17,12 +17,12 @@ import typer
 
 from k2 import __version__
 from k2.config import Settings, load_settings
-from k2.errors import K2Error
+from k2.errors import ConfigError, K2Error
 from k2.ops.log import configure_logging
 
 app = typer.Typer(
     name="k2",
-    help="K2: capture crypto market data into canonical records and a durable log.",
+    help="K2: capture crypto market data into a durable log and an Iceberg lake.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -383,6 +383,142 @@ def dlq_replay(
         "dry_run": dry_run,
     }
     typer.echo(json.dumps(summary, indent=2))
+
+
+TableOpt = Annotated[str, typer.Option("--table", help="trades, quotes, reference_data or gaps.")]
+
+
+def _lake_table(settings: Settings, name: str) -> Any:
+    from k2.lake.catalog import open_catalog
+    from k2.lake.tables import ensure_tables
+
+    tables = ensure_tables(open_catalog(settings), settings.lake.namespace)
+    if name not in tables:
+        raise ConfigError(f"unknown table {name!r}: use one of {', '.join(sorted(tables))}")
+    return tables[name]
+
+
+@app.command()
+def sink(
+    max_seconds: MaxSecondsOpt = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once the log is drained.")
+    ] = False,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Move records from the log into the Iceberg lake, exactly once.
+
+    Consumes the trades, quotes and gaps topics (consumer group lake.sink_group),
+    micro-batches by count and time, sorts each batch and appends it with the log
+    offsets it covers in the same snapshot; a restart resumes where the lake ends.
+    Several sinks may run at once. Ctrl-C/SIGTERM commit what is buffered and stop.
+    """
+    import signal
+    import threading
+
+    from k2.lake.sink import run_sink
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        settings = _settings(log_format, log_level)
+        stats = run_sink(settings, stop=stop, max_seconds=max_seconds, until_idle=until_idle)
+    except K2Error as exc:
+        _fail(exc)
+        return
+    summary = {
+        "seconds": round(stats.seconds, 3), "records": dict(stats.records),
+        "commits": stats.commits, "commit_conflicts": stats.commit_conflicts,
+        "dead_lettered": stats.dead_lettered,
+    }  # fmt: skip
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+
+
+@app.command()
+def backfill(
+    paths: Annotated[list[Path], typer.Argument(help="Archive files or folders of them.")],
+    workers: Annotated[int, typer.Option(help="Archives read in parallel.")] = 2,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Check <archive>.CHECKSUM if present.")
+    ] = True,
+) -> None:
+    """Import data.binance.vision spot trades/aggTrades archives into the lake.
+
+    Zip or CSV, millisecond or microsecond timestamps; the CHECKSUM beside an archive is
+    verified. Idempotent: trades already in the lake (same message_id, whether from an
+    earlier import or from live capture) are skipped.
+    """
+    from k2.lake.backfill import backfill as run_backfill
+    from k2.lake.backfill import find_archives
+
+    try:
+        settings = _settings(None, "WARNING")
+        table = _lake_table(settings, "trades")
+        report = run_backfill(table, find_archives(paths), workers=workers, verify=verify)
+    except K2Error as exc:
+        _fail(exc)
+        return
+    for a in report.archives:
+        typer.echo(json.dumps({
+            "archive": str(a.path), "symbol": a.symbol, "kind": a.kind, "read": a.rows_read,
+            "added": a.rows_added, "skipped": a.rows_skipped, "sha256": a.sha256,
+            "checksum_verified": a.checksum_verified, "snapshot_id": a.snapshot_id,
+        }))  # fmt: skip
+    typer.echo(
+        f"{report.rows_added:,} of {report.rows_read:,} trades added in {report.seconds:.1f} s "
+        f"({report.rows_per_second:,.0f} trades/s)",
+        err=True,
+    )
+
+
+@app.command()
+def maintain(
+    table: TableOpt = "trades",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+) -> None:
+    """Compact small files, expire snapshots, remove orphan files of one table.
+
+    Snapshots are kept for lake.time_travel_hours so every instant of that window
+    stays readable; unreferenced files younger than lake.orphan_grace_hours are kept.
+    Safe to run while the sink writes: a conflicting commit is re-planned.
+    """
+    from dataclasses import asdict
+    from datetime import timedelta
+
+    from k2.lake.maintenance import maintain as run_maintain
+
+    try:
+        settings = _settings(None, "WARNING")
+        report = run_maintain(
+            _lake_table(settings, table),
+            keep=timedelta(hours=settings.lake.time_travel_hours),
+            orphan_grace=timedelta(hours=settings.lake.orphan_grace_hours),
+            dry_run=dry_run,
+        )
+    except K2Error as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(asdict(report), indent=2, default=str))
+
+
+@app.command()
+def snapshots(table: TableOpt = "trades") -> None:
+    """List a table's snapshots: time, operation, rows added, K2 properties (offsets,
+    archives, maintenance), one JSON object a line."""
+    from k2.lake.snapshots import list_snapshots
+
+    try:
+        settings = _settings(None, "WARNING")
+        infos = list_snapshots(_lake_table(settings, table))
+    except K2Error as exc:
+        _fail(exc)
+        return
+    for info in infos:
+        typer.echo(json.dumps(info.to_json_dict()))
 
 
 @app.command("config")
