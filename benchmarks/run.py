@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_capture, bench_decode, bench_log_embedded, bench_log_kafka
+from benchmarks import (
+    bench_backfill,
+    bench_capture,
+    bench_decode,
+    bench_log_embedded,
+    bench_log_kafka,
+    bench_sink,
+)
 from benchmarks.harness import Result, render
 from k2.ops.log import configure_logging
 
@@ -17,6 +24,8 @@ BENCHMARKS: dict[str, Callable[[int], list[Result]]] = {
     "capture": bench_capture.run,
     "log-embedded": bench_log_embedded.run,
     "log-kafka": bench_log_kafka.run,
+    "sink": bench_sink.run,
+    "backfill": bench_backfill.run,
 }
 
 
