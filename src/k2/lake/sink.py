@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
+from k2.capture.log_output import dead_letter_batch
 from k2.errors import TerminalError
 from k2.lake.sink_offsets import encode_offsets, lake_offsets, offsets_key
 from k2.lake.tables import TABLE_DEFS, TableDef, ensure_tables, sort_for
 from k2.log.base import Consumer, Log, LogBatch, TopicPartition
 from k2.log.topics import TopicLayout
 from k2.ops.log import get_logger
-from k2.records import DEAD_LETTER
+from k2.quality.rejects import Reject, RejectReason
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -413,28 +414,15 @@ class LakeSink:
         self._consumer.close()
 
 
-#: The dead-letter reason of records the lake would not take.
-LAKE_WRITE_FAILED = "lake_write_failed"
-
-
 def _dead_letter_batch(
     data_type: str, raws: list[bytes], detail: str, now_us: int
 ) -> pa.RecordBatch:
     """DEAD_LETTER rows for records the lake refused (raw: the record as JSON)."""
-    n = len(raws)
-    ts = pa.timestamp("us", tz="UTC")
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array([data_type] * n, pa.string()),
-            pa.array([LAKE_WRITE_FAILED] * n, pa.string()),
-            pa.array([detail] * n, pa.string()),
-            pa.array(raws, pa.binary()),
-            pa.array([now_us] * n, pa.int64()).cast(ts),
-            pa.array(["sink"] * n, pa.string()),
-            pa.array([now_us] * n, pa.int64()).cast(ts),
-        ],
-        schema=DEAD_LETTER.arrow_schema(),
-    )
+    rejects = [
+        Reject(RejectReason.LAKE_WRITE_FAILED, detail, raw, now_us, "sink", data_type)
+        for raw in raws
+    ]
+    return dead_letter_batch(rejects, now_us)
 
 
 def _is_commit_conflict(exc: Exception) -> bool:

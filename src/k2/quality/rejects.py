@@ -26,6 +26,7 @@ class RejectReason(enum.StrEnum):
     FUTURES_FRAME = "futures_frame"
     UNSUPPORTED_STREAM = "unsupported_stream"
     FUTURE_TIMESTAMP = "future_timestamp"
+    LAKE_WRITE_FAILED = "lake_write_failed"
 
 
 @dataclass(frozen=True, slots=True)
