@@ -9,7 +9,6 @@ group's committed offsets, so running it twice never replays a dead letter twice
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from k2.errors import TerminalError
 from k2.log.base import Log, LogBatch, TopicPartition
 from k2.log.topics import TopicLayout
+from k2.ops.clock import utc_now_us
 from k2.quality.validate import validate_quotes, validate_trades
 from k2.sources.binance.parse import FrameParser
 
@@ -124,7 +124,7 @@ def replay_dead_letters(
     reason: str | None = None,
     dry_run: bool = False,
     max_future_skew_s: float = 60.0,
-    clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    clock_us: Callable[[], int] = utc_now_us,
 ) -> ReplayReport:
     """Re-parse and re-validate dead letters; produce what now passes.
 

@@ -9,7 +9,6 @@ the capture takes no further frames from the exchange until then.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -18,12 +17,9 @@ import pyarrow as pa
 from k2.capture.output import OutputBatch
 from k2.log.base import Log
 from k2.log.topics import TopicLayout
+from k2.ops.clock import utc_now_us
 from k2.quality.rejects import Reject
 from k2.records import DEAD_LETTER, GAP
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def dead_letter_batch(rejects: list[Reject], rejected_at_us: int) -> pa.RecordBatch:
@@ -56,7 +52,7 @@ class LogOutput:
         log: Log,
         layout: TopicLayout,
         *,
-        clock_us: Callable[[], int] = _now_us,
+        clock_us: Callable[[], int] = utc_now_us,
         retention_interval_s: float = 60.0,
     ) -> None:
         self._log = log

@@ -10,7 +10,6 @@ exchange's history (a dropped frame at the very end leaves no id gap to notice).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from k2.capture.output import CaptureOutput, OutputBatch
+from k2.ops.clock import utc_now_us
 from k2.ops.log import bind_correlation, get_logger, new_correlation_id
 from k2.quality.dedup import Deduplicator
 from k2.quality.gaps import GapDetector, GapRange, GapRepairer
@@ -60,10 +60,6 @@ class CaptureOptions:
     tail_check: bool = True
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class CapturePipeline:
     """Runs one source through the quality stages into one output."""
 
@@ -73,7 +69,7 @@ class CapturePipeline:
         output: CaptureOutput,
         options: CaptureOptions | None = None,
         *,
-        clock_us: Callable[[], int] = _now_us,
+        clock_us: Callable[[], int] = utc_now_us,
     ) -> None:
         self._source = source
         self._out = output

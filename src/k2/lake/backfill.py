@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from k2.lake.archives import Archive, ArchiveError, read_archive
 from k2.lake.sink_offsets import offsets_properties
+from k2.ops.clock import utc_now_us
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
@@ -127,7 +128,7 @@ def backfill(
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    now_us = clock_us or (lambda: time.time_ns() // 1000)
+    now_us = clock_us or utc_now_us
     started = time.perf_counter()
     results: list[ArchiveResult] = []
     todo = deque(Path(p) for p in paths)

@@ -44,6 +44,7 @@ from k2.lake.sink_offsets import encode_offsets, lake_offsets, offsets_key
 from k2.lake.tables import TABLE_DEFS, TableDef, ensure_tables, sort_for
 from k2.log.base import Consumer, Log, LogBatch, TopicPartition
 from k2.log.topics import TopicLayout
+from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger
 from k2.quality.rejects import Reject, RejectReason
 
@@ -375,7 +376,7 @@ class LakeSink:
         self, topic: str, data_type: str, parts: dict[int, _Pending], error: Exception
     ) -> dict[int, int]:
         """Send ``parts`` to the dead-letter topic, then move the lake past them."""
-        now_us = time.time_ns() // 1000
+        now_us = utc_now_us()
         raws = [
             json.dumps(row, default=str, separators=(",", ":")).encode()
             for pending in parts.values()

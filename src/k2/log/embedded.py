@@ -31,7 +31,6 @@ cost and Python per-record work on both sides instead.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from k2.log.embedded_groups import EmbeddedConsumer, NotPartitionOwner
 from k2.log.embedded_segments import Compression, EncodedChunk, encode, read_range
 from k2.log.embedded_topics import TopicInfo, create, load, load_all, validate
 from k2.log.partitioner import partition_column
+from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger
 
 __all__ = [
@@ -65,9 +65,8 @@ log = get_logger(__name__)
 RETENTION_STEP_SEGMENTS = 64
 
 
-def wall_clock_us() -> int:
-    """The system clock in UTC µs."""
-    return time.time_ns() // 1000
+#: The system clock in UTC µs (kept under this name for callers of the embedded log).
+wall_clock_us = utc_now_us
 
 
 class EmbeddedLog:

@@ -13,6 +13,8 @@ import itertools
 import time
 from typing import Protocol
 
+from k2.ops.clock import utc_now_us
+
 
 class Clock(Protocol):
     """What the simulator needs from a clock."""
@@ -35,7 +37,7 @@ class SystemClock:
 
     def time_us(self) -> int:
         """Wall-clock time, UTC microseconds since the Unix epoch."""
-        return time.time_ns() // 1000
+        return utc_now_us()
 
     def monotonic(self) -> float:
         """Seconds from ``time.monotonic``."""

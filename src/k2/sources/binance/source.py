@@ -7,12 +7,12 @@ parser knows each symbol's quote currency and validation knows which symbols exi
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pyarrow as pa
 
 from k2.errors import UnknownSymbol
+from k2.ops.clock import utc_now_us
 from k2.quality.rejects import Reject
 from k2.records import REFERENCE
 from k2.sources.base import ParsedBatch
@@ -21,10 +21,6 @@ from k2.sources.binance.parse import FrameParser, parse_rest_trades
 from k2.sources.binance.reference import parse_exchange_info, symbol_quote_assets
 from k2.sources.binance.rest import BinanceRest
 from k2.sources.binance.ws import BinanceStream
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class BinanceSource:
@@ -48,7 +44,7 @@ class BinanceSource:
         max_connection_age_s: float = 23.5 * 3600,
         batch_max_frames: int = 5000,
         batch_max_wait_s: float = 0.05,
-        clock_us: Callable[[], int] = _now_us,
+        clock_us: Callable[[], int] = utc_now_us,
     ) -> None:
         self._symbols = [s.upper() for s in symbols]
         self._data_types = list(data_types)

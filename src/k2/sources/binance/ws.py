@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from k2.errors import (
     TerminalError,
     TransientError,
 )
+from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger, new_correlation_id
 from k2.sources.binance import spec
 from k2.sources.supervisor import AttemptLimiter, Backoff, RateLimiter, retry
@@ -205,7 +205,7 @@ class BinanceStream:
             if attempt_limiter is not None
             else AttemptLimiter(spec.MAX_CONNECTION_ATTEMPTS, spec.CONNECTION_ATTEMPT_WINDOW_S)
         )
-        self._clock_us = clock_us if clock_us is not None else _utc_now_us
+        self._clock_us = clock_us if clock_us is not None else utc_now_us
         self._connect_kwargs: dict[str, Any] = {
             "open_timeout": open_timeout_s,
             "close_timeout": close_timeout_s,
@@ -809,10 +809,6 @@ class BinanceStream:
         self._closed = True
         self._wake.set()
         _log.info("stream stopped", **_stats_fields(self.stats))
-
-
-def _utc_now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
