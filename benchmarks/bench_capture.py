@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -27,6 +25,7 @@ from k2.capture.output import OutputBatch
 from k2.capture.pipeline import CaptureOptions, CapturePipeline
 from k2.ops.log import configure_logging
 from k2.sources.binance.source import BinanceSource
+from tests.ports import free_port
 
 SIM_RATE = 150_000  # events/s offered by the simulator (above the capture's ceiling)
 SECONDS = 6.0
@@ -73,12 +72,6 @@ class FileOutput(CountingOutput):
         self._writer.close()
 
 
-def _free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_simulator(port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "k2", "simulate", "--port", str(port),
            "--rate", str(SIM_RATE), "--log-level", "WARNING"]  # fmt: skip
@@ -110,7 +103,7 @@ async def _capture_once(port: int, output: CountingOutput) -> float:
 
 def run(runs: int = 5) -> list[Result]:
     configure_logging("console", "ERROR")
-    port = _free_port()
+    port = free_port()
     sim = _start_simulator(port)
     try:
         counted = [asyncio.run(_capture_once(port, CountingOutput())) for _ in range(runs)]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -16,6 +14,7 @@ import msgspec
 import pytest
 
 from tests.captures import HFT_FIRST_TRADE_ID, HFT_LAST_TRADE_ID
+from tests.ports import free_port
 
 K2 = [sys.executable, "-m", "k2"]
 
@@ -62,16 +61,10 @@ def test_invalid_setting_names_the_variable() -> None:
     assert "K2_CAPTURE__GAP_GRACE_S" in out.stderr
 
 
-def _free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def simulator() -> Iterator[int]:
     """`k2 simulate --replay builtin` in its own process; yields its port."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [*K2, "simulate", "--port", str(port), "--replay", "builtin", "--speed", "0",
          "--log-level", "ERROR"],

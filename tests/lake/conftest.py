@@ -8,7 +8,6 @@ server on a free port, path-style addressing).
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -19,15 +18,10 @@ import pytest
 
 from k2.config import LakeSettings
 from k2.records import TRADE
+from tests.ports import free_port
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 S3_BUCKET = "k2-lake"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +53,7 @@ def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free 127.0.0.1 port with the bucket ``k2-lake``."""
     moto_server = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

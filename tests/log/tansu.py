@@ -10,7 +10,6 @@ batch's base offset + 1), ``offsets_for_times`` and aborted-transaction visibili
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+
+from tests.ports import free_port
 
 #: The slowest start accepted; Tansu is usually ready within milliseconds.
 READY_TIMEOUT_S = 20.0
@@ -33,12 +34,6 @@ def tansu_binary() -> Path | None:
         return None
     path = Path(spec.origin).parent / "bin" / "tansu"
     return path if path.is_file() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_until_ready(bootstrap: str, process: subprocess.Popen[bytes], log: Path) -> None:

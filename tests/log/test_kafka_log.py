@@ -40,7 +40,8 @@ from tests.log.contract import (
     trade_topic,
     unique,
 )
-from tests.log.tansu import free_port, running_tansu
+from tests.log.tansu import running_tansu
+from tests.ports import free_port
 
 
 class TestKafkaLogContract(LogContract):

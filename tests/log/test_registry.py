@@ -24,7 +24,7 @@ from k2.errors import ConfigError, ConnectionLost, RateLimited, TerminalError, T
 from k2.log.codec import AvroCodec
 from k2.log.registry import CONTENT_TYPE, SchemaRegistryClient
 from k2.records import TRADE
-from tests.log.tansu import free_port
+from tests.ports import free_port
 
 ACCEPT = (
     "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry+json, application/json"
