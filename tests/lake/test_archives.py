@@ -180,3 +180,25 @@ def test_zip_with_two_members_is_refused(tmp_path: Path) -> None:
         zf.writestr("b.csv", "2\n")
     with pytest.raises(ArchiveError, match=r"expected one CSV inside, found a\.csv, b\.csv"):
         read_archive(path, ingestion_us=0)
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_archive_read_in_pieces_equals_one_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zipped: bool
+) -> None:
+    """Pieces are parsed while the next inflates: the result and line numbers in error
+    messages must not depend on where the pieces were cut."""
+    import k2.lake.archives as archives
+
+    rows = trade_rows(1, 2000, MS_2024)
+    path = write_archive(tmp_path, "BTCUSDT-trades-2024-01-01", rows, zipped=zipped)
+    whole = read_archive(path, ingestion_us=0).trades
+    monkeypatch.setattr(archives, "_CSV_CHUNK", 997)  # cuts mid-line, ~20 lines a piece
+    pieces = read_archive(path, ingestion_us=0).trades
+    assert pieces.equals(whole)
+    assert pieces["trade_id"].to_pylist() == list(range(1, 2001))
+
+    rows[1733] = rows[1733].replace(",True,", ",maybe,", 1)
+    bad = write_archive(tmp_path, "ETHUSDT-trades-2024-01-01", rows, zipped=zipped)
+    with pytest.raises(ArchiveError, match=r"line 1734, column 'is_buyer_maker'"):
+        read_archive(bad, ingestion_us=0)

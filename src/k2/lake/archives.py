@@ -33,9 +33,12 @@ import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,6 +53,9 @@ _TS = pa.timestamp("us", tz="UTC")
 #: Below this a timestamp is milliseconds (10**14 ms is the year 5138; µs is 1973).
 _MS_LIMIT = 10**14
 _CHUNK = 1 << 24  # hashing block
+#: CSV bytes parsed per piece (~250k trades): pieces are parsed while the next inflates.
+_CSV_CHUNK = 1 << 24
+_PARSE_THREADS = 2
 
 _NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>trades|aggTrades)-(?P<date>\d{4}-\d{2}(?:-\d{2})?)"
@@ -208,28 +214,43 @@ def read_archive(
         raise ArchiveError(f"{path}: cannot read: {exc}") from exc
     sha = hashlib.sha256(blob).hexdigest()
     verified = verify_checksum(path, sha) if verify else False
-    csv_bytes, member = _csv_bytes(path, blob)
-    raw = parse_csv(csv_bytes, name.kind, source=f"{path}{member}")
-    trades = to_trades(raw, name, ingestion_us=ingestion_us, quote_assets=quote_assets)
+    source = str(path)
+
+    def convert(chunk: bytes, first_line: int, member: str) -> pa.Table:
+        raw = parse_csv(chunk, name.kind, source=f"{source}{member}", first_line=first_line)
+        return to_trades(raw, name, ingestion_us=ingestion_us, quote_assets=quote_assets)
+
+    # Inflate in this thread while earlier chunks are parsed and converted in others:
+    # zlib, the CSV reader and the Arrow kernels all release the GIL.
+    with ThreadPoolExecutor(max_workers=_PARSE_THREADS, thread_name_prefix="k2-csv") as pool:
+        parts = [
+            pool.submit(convert, chunk, line, member)
+            for chunk, line, member in _csv_chunks(path, blob)
+        ]
+        tables = [f.result() for f in parts]
+    if not tables:
+        tables = [convert(b"", 1, "")]
+    trades = sort_by_time(pa.concat_tables(tables).combine_chunks())
     return Archive(path, name, trades, sha, verified)
 
 
-def parse_csv(data: bytes, kind: ArchiveKind, *, source: str) -> pa.Table:
+def parse_csv(data: bytes, kind: ArchiveKind, *, source: str, first_line: int = 1) -> pa.Table:
     """The archive's own columns (Binance names, typed) from CSV bytes.
 
-    A header line is skipped. Raises :class:`ArchiveError` naming ``source``, the line
+    A header line is skipped. ``first_line`` is the file line ``data`` starts at (for
+    a chunk of a larger file). Raises :class:`ArchiveError` naming ``source``, the line
     (1-based, counting a header) and the column when a value does not parse, and when
     the column count is not the one ``kind`` has (e.g. a kline file).
     """
     columns = kind.columns
-    first_line = data[: data.find(b"\n")] if b"\n" in data else data
-    first = first_line.split(b",")
+    head = data[: data.find(b"\n")] if b"\n" in data else data
+    first = head.split(b",")
     if not data.strip():
         return pa.table({c: pa.array([], _TYPES[c]) for c in columns})
     has_header = not first[0].strip().lstrip(b"-").isdigit()
     if len(first) != len(columns):
         raise ArchiveError(
-            f"{source}: line 1 has {len(first)} columns, a {kind.value} archive has "
+            f"{source}: line {first_line} has {len(first)} columns, a {kind.value} archive has "
             f"{len(columns)} ({','.join(columns)}); expected {_EXPECTED}"
         )
     read = pacsv.ReadOptions(column_names=list(columns), skip_rows=1 if has_header else 0)
@@ -243,10 +264,11 @@ def parse_csv(data: bytes, kind: ArchiveKind, *, source: str) -> pa.Table:
     try:
         table = pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
     except pa.ArrowInvalid as exc:
-        raise ArchiveError(_locate_error(data, columns, has_header, source, exc)) from None
+        where = _locate_error(data, columns, has_header, source, exc, first_line)
+        raise ArchiveError(where) from None
     for c in columns:
         if table[c].null_count:
-            raise ArchiveError(_locate_error(data, columns, has_header, source, None))
+            raise ArchiveError(_locate_error(data, columns, has_header, source, None, first_line))
     return table
 
 
@@ -337,18 +359,41 @@ def sort_by_time(trades: pa.Table) -> pa.Table:
     return trades.sort_by([("timestamp", "ascending"), ("trade_id", "ascending")])
 
 
-def _csv_bytes(path: Path, blob: bytes) -> tuple[bytes, str]:
+def _csv_chunks(path: Path, blob: bytes) -> Iterator[tuple[bytes, int, str]]:
+    """The CSV text of an archive in pieces of whole lines: (bytes, first line, member).
+
+    A zip is inflated progressively, so a caller can parse one piece while the next is
+    being inflated. Raises :class:`ArchiveError` for a zip that is not one CSV.
+    """
     if path.suffix.lower() != ".zip":
-        return blob, ""
+        yield from _split_lines(io.BytesIO(blob), "")
+        return
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if len(members) != 1 or not members[0].filename.lower().endswith(".csv"):
                 listed = ", ".join(m.filename for m in members) or "nothing"
                 raise ArchiveError(f"{path}: expected one CSV inside, found {listed}")
-            return zf.read(members[0]), f"!{members[0].filename}"
-    except zipfile.BadZipFile as exc:
+            with zf.open(members[0]) as stream:
+                yield from _split_lines(stream, f"!{members[0].filename}")
+    except (zipfile.BadZipFile, zlib.error) as exc:
         raise ArchiveError(f"{path}: not a valid zip file: {exc}") from None
+
+
+def _split_lines(stream: IO[bytes], member: str) -> Iterator[tuple[bytes, int, str]]:
+    carry = b""
+    line = 1
+    while block := stream.read(_CSV_CHUNK):
+        block = carry + block
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:  # no line end yet: keep reading
+            carry = block
+            continue
+        piece, carry = block[:cut], block[cut:]
+        yield piece, line, member
+        line += piece.count(b"\n")
+    if carry.strip():
+        yield carry, line, member
 
 
 _PATTERNS: dict[str, str] = {
@@ -374,6 +419,7 @@ def _locate_error(
     has_header: bool,
     source: str,
     exc: Exception | None,
+    first_line: int = 1,
 ) -> str:
     """Find the first bad line and column (error path only, still vectorised)."""
     read = pacsv.ReadOptions(
@@ -384,7 +430,7 @@ def _locate_error(
     convert = pacsv.ConvertOptions(
         column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False
     )
-    offset = 2 if has_header else 1
+    offset = first_line + (1 if has_header else 0)
     try:
         text = pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
     except pa.ArrowInvalid as inner:

@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 
 from k2.lake.archives import Archive, ArchiveError, read_archive
 from k2.lake.sink_offsets import offsets_properties
+from k2.lake.writer import write_partitioned
 from k2.ops.clock import utc_now_us
 
 if TYPE_CHECKING:
-    from pyiceberg.manifest import DataFile
     from pyiceberg.table import Table
 
 #: Snapshot summary keys a backfill commit carries.
@@ -193,17 +193,7 @@ def load_archive(table: Table, archive: Archive, *, writers: int = 2) -> Archive
 
 
 def _append(table: Table, trades: pa.Table, props: dict[str, str], writers: int) -> None:
-    from pyiceberg.io.pyarrow import _dataframe_to_data_files
-
-    step = -(-trades.num_rows // max(1, writers))
-    # Contiguous, time-ordered slices: each file stays sorted and covers a time range.
-    slices = [trades.slice(i, step) for i in range(0, trades.num_rows, step)]
-
-    def write(part: pa.Table) -> list[DataFile]:
-        return list(_dataframe_to_data_files(table.metadata, part, table.io))
-
-    with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="k2-write") as pool:
-        files = [f for written in pool.map(write, slices) for f in written]
+    files = write_partitioned(table, trades, prefix="backfill", threads=writers)
     with (
         table.transaction() as tx,
         tx.update_snapshot(snapshot_properties=props).fast_append() as append,

@@ -31,10 +31,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import pyarrow as pa
-
 from k2.errors import TerminalError, TransientError
 from k2.lake.sink_offsets import offsets_properties
+from k2.lake.writer import SMALL_ZSTD_LEVEL, write_files
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
@@ -153,7 +152,12 @@ def _compact_once(table: Table, small_file_bytes: int, min_files: int) -> Compac
         rows += data.num_rows
         old.extend(t.file for t in tasks)
         if tasks[0].file.spec_id == metadata.default_spec_id:
-            new.extend(_write_compacted(table, data, tasks[0].file, write_uuid))
+            like = tasks[0].file
+            new.extend(
+                write_files(table, data, partition=like.partition, spec_id=like.spec_id,
+                            prefix="compacted", zstd_level=SMALL_ZSTD_LEVEL,
+                            write_uuid=uuid.uuid5(write_uuid, _partition_key(like)))
+            )  # fmt: skip
         else:  # an older partition spec: let pyiceberg re-partition under the current one
             new.extend(_dataframe_to_data_files(metadata, data, table.io, write_uuid=write_uuid))
     # Carry the sink's log position forward: once older snapshots expire, the sink
@@ -248,86 +252,6 @@ def remove_orphan_files(
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-#: Rows per compacted file (~100 MB of trades at ~12 B/trade).
-_ROWS_PER_FILE = 8_000_000
-#: Parquet encodings for compacted files. pyiceberg's writer cannot choose encodings per
-#: column; these roughly halve a trade's size on disk: ids and times are near-sorted
-#: integers (delta), message ids share long prefixes (delta byte array).
-_DELTA_INT = "DELTA_BINARY_PACKED"
-_ENCODINGS = {
-    "trade_id": _DELTA_INT,
-    "source_sequence": _DELTA_INT,
-    "update_id": _DELTA_INT,
-    "timestamp": _DELTA_INT,
-    "event_time": _DELTA_INT,
-    "ingestion_timestamp": _DELTA_INT,
-    "message_id": "DELTA_BYTE_ARRAY",
-}
-_ZSTD_LEVEL = 9
-
-
-def _write_compacted(
-    table: Table, data: pa.Table, like: DataFile, write_uuid: uuid.UUID
-) -> list[DataFile]:
-    """Write ``data`` (one partition, sorted) as tuned Parquet files; their DataFiles.
-
-    The partition is ``like``'s (every input file had it). Field ids are embedded so
-    the files read like any pyiceberg-written file.
-    """
-    import pyarrow.parquet as pq
-    from pyiceberg.io.pyarrow import (
-        compute_statistics_plan,
-        data_file_statistics_from_parquet_metadata,
-        parquet_path_to_id_mapping,
-        schema_to_pyarrow,
-    )
-    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-
-    metadata = table.metadata
-    schema = metadata.schema()
-    arrow_schema = schema_to_pyarrow(schema, include_field_ids=True)
-    data = data.cast(arrow_schema)
-    row_groups = int(metadata.properties.get("write.parquet.row-group-limit", "131072"))
-    encodings = {k: v for k, v in _ENCODINGS.items() if k in data.column_names}
-    out: list[DataFile] = []
-    for n, start in enumerate(range(0, max(data.num_rows, 1), _ROWS_PER_FILE)):
-        chunk = data.slice(start, _ROWS_PER_FILE)
-        path = f"{table.location().rstrip('/')}/data/compacted/{write_uuid}-{n}.parquet"
-        with table.io.new_output(path).create(overwrite=False) as stream:
-            writer = pq.ParquetWriter(
-                stream,
-                arrow_schema,
-                compression="zstd",
-                compression_level=_ZSTD_LEVEL,
-                use_dictionary=[c for c in data.column_names if c not in encodings],
-                column_encoding=encodings,
-                write_statistics=True,
-            )
-            with writer:
-                writer.write_table(chunk, row_group_size=row_groups)
-        with table.io.new_input(path).open() as stream_in:
-            parquet_meta = pq.read_metadata(stream_in)
-        stats = data_file_statistics_from_parquet_metadata(
-            parquet_metadata=parquet_meta,
-            stats_columns=compute_statistics_plan(schema, metadata.properties),
-            parquet_column_mapping=parquet_path_to_id_mapping(schema),
-        )
-        out.append(
-            DataFile.from_args(
-                content=DataFileContent.DATA,
-                file_path=path,
-                file_format=FileFormat.PARQUET,
-                partition=like.partition,
-                file_size_in_bytes=len(table.io.new_input(path)),
-                sort_order_id=None,
-                spec_id=like.spec_id,
-                equality_ids=None,
-                key_metadata=None,
-                **stats.to_serialized_dict(),
-            )
-        )
-    return out
 
 
 def _partition_key(f: DataFile) -> str:
