@@ -152,6 +152,71 @@ class LakeSettings(BaseModel):
     )
 
 
+class QuerySettings(BaseModel):
+    """The query engine: limits, SQL sandbox and the live tail (lake + log hybrid)."""
+
+    default_limit: int = Field(1000, ge=1, description="rows returned when no limit is given")
+    max_limit: int = Field(
+        1_000_000, ge=1, description="largest limit a trades/quotes query may ask for"
+    )
+    max_window_days: float = Field(
+        31.0, gt=0, description="longest time range one trades/quotes query may cover"
+    )
+    sql_timeout_s: float = Field(10.0, gt=0, description="SQL: interrupt a query after this")
+    sql_max_rows: int = Field(100_000, ge=1, description="SQL: rows returned at most")
+    duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads per query")
+    duckdb_memory_limit: str = Field("2GB", description="DuckDB memory limit (e.g. 2GB)")
+    refresh_ms: int = Field(
+        250, ge=10, description="how often the engine looks for a new lake snapshot"
+    )
+    tail: bool = Field(
+        True, description="follow the log for records the lake has not committed yet"
+    )
+    tail_poll_ms: int = Field(100, ge=5, description="live tail: log poll interval")
+    tail_max_rows: int = Field(
+        5_000_000, ge=1000, description="live tail: rows held at most (per data type)"
+    )
+
+
+class ApiSettings(BaseModel):
+    """The REST API (``k2 serve``)."""
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys as name:sha256hex entries, comma separated "
+        "(`k2 api-key` makes one); stored hashed, never in clear",
+    )
+    dev_key: bool = Field(
+        True,
+        description="embedded mode: make a random key at start-up and print it (no key is "
+        "built in); set false in production",
+    )
+    rate_limit_per_s: float = Field(100.0, gt=0, description="requests per second per key")
+    rate_limit_burst: int = Field(200, ge=1, description="burst allowance per key")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return _split_list(v)
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            name, _, digest = entry.partition(":")
+            if not name or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(
+                    f"API key entry {entry[:12]!r}... must be name:sha256hex "
+                    "(64 lower-case hex digits); `k2 api-key NAME` prints one"
+                )
+        return v
+
+
 class LoggingSettings(BaseModel):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
@@ -175,6 +240,8 @@ class Settings(BaseSettings):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
