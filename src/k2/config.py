@@ -174,7 +174,9 @@ class QuerySettings(BaseModel):
     )
     tail_poll_ms: int = Field(100, ge=5, description="live tail: log poll interval")
     tail_max_rows: int = Field(
-        5_000_000, ge=1000, description="live tail: rows held at most (per data type)"
+        2_000_000,
+        ge=1000,
+        description="live tail: rows held at most per data type (~165 B each for trades)",
     )
 
 
