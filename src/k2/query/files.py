@@ -1,0 +1,404 @@
+"""The lake's data files as the engine plans with them: one in-memory index per snapshot.
+
+Planning a query must not touch the catalog or the manifests: that I/O would cost more
+than reading the few files a selective query needs. So the engine builds, once per
+snapshot, a :class:`SnapshotIndex` of every live data file with what Iceberg already
+recorded about it (partition day and symbol bucket, record count, size, lower/upper
+bounds of ``symbol``, ``exchange`` and ``timestamp``) and prunes with that alone.
+Building is incremental: manifests are immutable, so a :class:`FileIndexer` parses each
+manifest once and a new snapshot only costs its manifest list and its new manifests.
+
+The bounds are Iceberg's column metrics: exact for timestamps; strings may be truncated
+(16 characters), which keeps them valid bounds (the upper one is rounded up), only
+looser. K2 never writes delete files; a snapshot with any is refused
+(:class:`UnsupportedSnapshot`) rather than read wrongly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from k2.errors import ConfigError, TerminalError
+
+if TYPE_CHECKING:
+    from pyiceberg.io import FileIO
+    from pyiceberg.table.metadata import TableMetadata
+
+#: Sentinels for a missing timestamp bound (µs): a file without metrics may hold anything.
+TS_MIN = -(2**62)
+TS_MAX = 2**62
+
+
+class UnsupportedSnapshot(TerminalError):
+    """A snapshot the engine cannot read correctly (it has delete files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataFile:
+    """One live data file of a snapshot and what the manifests say about it.
+
+    ``path`` is Iceberg's (``file:///...``, ``s3://...``); ``read_path`` is what DuckDB
+    is given. Bounds are ``None`` when the file carries no metrics for the column;
+    timestamps are UTC µs, inclusive.
+    """
+
+    path: str
+    read_path: str
+    record_count: int
+    size: int
+    day: int | None
+    bucket: int | None
+    symbol_lo: str | None
+    symbol_hi: str | None
+    exchange_lo: str | None
+    exchange_hi: str | None
+    ts_lo: int | None
+    ts_hi: int | None
+
+    @property
+    def single_key(self) -> tuple[str, str] | None:
+        """``(exchange, symbol)`` when every row of the file has the same pair, else None.
+
+        Only provable when both bounds agree and are not truncated (a truncated upper
+        bound differs from the lower one).
+        """
+        if (
+            self.symbol_lo is not None
+            and self.symbol_lo == self.symbol_hi
+            and self.exchange_lo is not None
+            and self.exchange_lo == self.exchange_hi
+        ):
+            return self.exchange_lo, self.symbol_lo
+        return None
+
+    def may_hold_symbol(self, symbol: str) -> bool:
+        """False only when the bounds prove ``symbol`` is absent."""
+        if self.symbol_lo is not None and symbol < self.symbol_lo:
+            return False
+        return not (self.symbol_hi is not None and symbol > self.symbol_hi)
+
+    def may_hold_exchange(self, exchange: str) -> bool:
+        """False only when the bounds prove ``exchange`` is absent."""
+        if self.exchange_lo is not None and exchange < self.exchange_lo:
+            return False
+        return not (self.exchange_hi is not None and exchange > self.exchange_hi)
+
+
+@dataclass(frozen=True)
+class SnapshotIndex:
+    """Every live data file of one snapshot (``snapshot_id`` None: the empty table).
+
+    Pruning is vectorised over numpy arrays of the partition and timestamp bounds,
+    then the string bounds are checked on the few survivors.
+    """
+
+    snapshot_id: int | None
+    files: tuple[DataFile, ...]
+    _bucket: np.ndarray = field(repr=False)
+    _ts_lo: np.ndarray = field(repr=False)
+    _ts_hi: np.ndarray = field(repr=False)
+
+    @classmethod
+    def build(cls, snapshot_id: int | None, files: Sequence[DataFile]) -> SnapshotIndex:
+        """An index over ``files`` (in any order)."""
+        return cls(
+            snapshot_id,
+            tuple(files),
+            np.array([-1 if f.bucket is None else f.bucket for f in files], dtype=np.int64),
+            np.array([TS_MIN if f.ts_lo is None else f.ts_lo for f in files], dtype=np.int64),
+            np.array([TS_MAX if f.ts_hi is None else f.ts_hi for f in files], dtype=np.int64),
+        )
+
+    @property
+    def total_records(self) -> int:
+        """Rows in the snapshot (sum of record counts; no delete files exist)."""
+        return sum(f.record_count for f in self.files)
+
+    def prune(
+        self,
+        *,
+        symbols: Iterable[str] | None = None,
+        exchange: str | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
+    ) -> list[DataFile]:
+        """Files that may hold rows of ``symbols`` (None: any) on ``exchange`` (None: any)
+        with ``start_us <= timestamp < end_us`` (None: unbounded), in index order."""
+        if not self.files:
+            return []
+        keep = np.ones(len(self.files), dtype=bool)
+        wanted = None if symbols is None else sorted(set(symbols))
+        if wanted is not None:
+            buckets = np.array([symbol_bucket(s) for s in wanted], dtype=np.int64)
+            keep &= (self._bucket < 0) | np.isin(self._bucket, buckets)
+        if start_us is not None:
+            keep &= self._ts_hi >= start_us
+        if end_us is not None:
+            keep &= self._ts_lo < end_us
+        out: list[DataFile] = []
+        for i in np.flatnonzero(keep):
+            f = self.files[i]
+            if wanted is not None and not any(f.may_hold_symbol(s) for s in wanted):
+                continue
+            if exchange is not None and not f.may_hold_exchange(exchange):
+                continue
+            out.append(f)
+        return out
+
+
+@lru_cache(maxsize=65_536)
+def symbol_bucket(symbol: str) -> int:
+    """The ``bucket(16, symbol)`` partition value of ``symbol`` (Iceberg's murmur3)."""
+    from pyiceberg.transforms import BucketTransform
+    from pyiceberg.types import StringType
+
+    from k2.lake.tables import SYMBOL_BUCKETS
+
+    value = BucketTransform(SYMBOL_BUCKETS).transform(StringType())(symbol)
+    assert value is not None  # only a None input hashes to None
+    return int(value)
+
+
+def read_path(path: str) -> str:
+    """The path DuckDB reads for Iceberg file location ``path``.
+
+    Local files become plain paths; ``s3://`` and ``s3a://`` become ``s3://`` (served by
+    the filesystem :func:`duckdb_filesystem` registers). Other schemes are refused.
+    """
+    parsed = urlparse(path)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path) if parsed.scheme else path
+    if parsed.scheme in ("s3", "s3a"):
+        return f"s3://{parsed.netloc}{parsed.path}"
+    raise ConfigError(f"the query engine cannot read {parsed.scheme}:// files ({path})")
+
+
+def duckdb_filesystem(io: FileIO, sample_path: str) -> Any:
+    """An fsspec filesystem DuckDB can read ``s3://`` files with, from the table's FileIO.
+
+    DuckDB's own S3 support is an extension K2 cannot download, so the table's pyarrow
+    S3 filesystem (same endpoint, keys, region as pyiceberg uses) is wrapped for fsspec,
+    with a block cache (:mod:`k2.query.objectstore`).
+    """
+    from k2.query.objectstore import CachingArrowFS
+
+    parsed = urlparse(sample_path)
+    fs_by_scheme = getattr(io, "fs_by_scheme", None)
+    if fs_by_scheme is None:
+        raise ConfigError("reading S3 files needs pyiceberg's PyArrowFileIO (unset py-io-impl)")
+    return CachingArrowFS(fs_by_scheme(parsed.scheme, parsed.netloc))
+
+
+class FileIndexer:
+    """Builds :class:`SnapshotIndex` es, caching parsed manifests and recent indexes.
+
+    Thread-safe. Keeps the indexes of the ``keep`` most recently used snapshots and the
+    parsed manifests they reference; anything else is parsed again when asked for.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._indexes: OrderedDict[int, tuple[SnapshotIndex, tuple[str, ...]]] = OrderedDict()
+        self._manifests: dict[str, tuple[DataFile, ...]] = {}
+
+    def index(self, metadata: TableMetadata, io: FileIO, snapshot_id: int | None) -> SnapshotIndex:
+        """The index of ``snapshot_id`` in ``metadata`` (None: an empty index).
+
+        Raises ``KeyError`` for an id ``metadata`` does not hold and
+        :class:`UnsupportedSnapshot` when the snapshot has delete files.
+        """
+        if snapshot_id is None:
+            return SnapshotIndex.build(None, ())
+        with self._lock:
+            hit = self._indexes.get(snapshot_id)
+            if hit is not None:
+                self._indexes.move_to_end(snapshot_id)
+                return hit[0]
+        snapshot = metadata.snapshot_by_id(snapshot_id)
+        if snapshot is None:
+            raise KeyError(snapshot_id)
+        schema = (
+            metadata.schema_by_id(snapshot.schema_id) if snapshot.schema_id is not None else None
+        )
+        schema = schema or metadata.schema()
+        decode = _BoundsDecoder(schema)
+        specs = metadata.specs()
+        files: list[DataFile] = []
+        paths: list[str] = []
+        for manifest in snapshot.manifests(io):
+            if int(manifest.content) != 0:
+                raise UnsupportedSnapshot(
+                    f"snapshot {snapshot_id} has delete files ({manifest.manifest_path}); "
+                    "K2 never writes them and the query engine does not apply them"
+                )
+            paths.append(manifest.manifest_path)
+            with self._lock:
+                parsed = self._manifests.get(manifest.manifest_path)
+            if parsed is None:
+                parsed = tuple(
+                    _data_file(e.data_file, decode, specs, snapshot_id)
+                    for e in manifest.fetch_manifest_entry(io, discard_deleted=True)
+                )
+                with self._lock:
+                    self._manifests[manifest.manifest_path] = parsed
+            files.extend(parsed)
+        index = SnapshotIndex.build(snapshot_id, files)
+        with self._lock:
+            self._indexes[snapshot_id] = (index, tuple(paths))
+            while len(self._indexes) > self._keep:
+                self._indexes.popitem(last=False)
+            live = {p for _, ps in self._indexes.values() for p in ps}
+            for stale in [p for p in self._manifests if p not in live]:
+                del self._manifests[stale]
+        return index
+
+
+class _BoundsDecoder:
+    """Decodes the bounds K2 prunes with from a manifest entry's metrics."""
+
+    def __init__(self, schema: Any) -> None:
+        self._fields = {
+            name: (schema.find_field(name).field_id, schema.find_field(name).field_type)
+            for name in ("symbol", "exchange", "timestamp")
+            if name in schema.column_names
+        }
+
+    def get(self, bounds: dict[int, bytes] | None, name: str) -> Any:
+        from pyiceberg.conversions import from_bytes
+
+        spec = self._fields.get(name)
+        if spec is None or not bounds or spec[0] not in bounds:
+            return None
+        return from_bytes(spec[1], bounds[spec[0]])
+
+
+def _data_file(
+    df: Any, decode: _BoundsDecoder, specs: dict[int, Any], snapshot_id: int
+) -> DataFile:
+    if int(df.content) != 0:
+        raise UnsupportedSnapshot(
+            f"snapshot {snapshot_id} has delete file {df.file_path}; "
+            "K2 never writes them and the query engine does not apply them"
+        )
+    if str(df.file_format).upper().find("PARQUET") < 0:
+        raise UnsupportedSnapshot(f"{df.file_path} is not Parquet ({df.file_format})")
+    day: int | None = None
+    bucket: int | None = None
+    spec = specs.get(df.spec_id)
+    if spec is not None:
+        for i, pf in enumerate(spec.fields):
+            value = df.partition[i]
+            if pf.name == "timestamp_day" and value is not None:
+                day = int(value)
+            elif pf.name == "symbol_bucket" and value is not None:
+                bucket = int(value)
+    lower, upper = df.lower_bounds, df.upper_bounds
+    return DataFile(
+        path=df.file_path,
+        read_path=read_path(df.file_path),
+        record_count=int(df.record_count),
+        size=int(df.file_size_in_bytes),
+        day=day,
+        bucket=bucket,
+        symbol_lo=decode.get(lower, "symbol"),
+        symbol_hi=decode.get(upper, "symbol"),
+        exchange_lo=decode.get(lower, "exchange"),
+        exchange_hi=decode.get(upper, "exchange"),
+        ts_lo=decode.get(lower, "timestamp"),
+        ts_hi=decode.get(upper, "timestamp"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RowGroup:
+    """One Parquet row group's row count and statistics (None: not recorded).
+
+    Timestamps are UTC µs; strings compare as their UTF-8 bytes do, like Python's.
+    """
+
+    rows: int
+    symbol_lo: str | None
+    symbol_hi: str | None
+    exchange_lo: str | None
+    exchange_hi: str | None
+    ts_lo: int | None
+    ts_hi: int | None
+
+
+class FooterCache:
+    """Row-group statistics of data files, read once per file (files are immutable).
+
+    ``opener(read_path)`` returns what ``pyarrow.parquet.read_metadata`` accepts (a
+    path or an open file). Keeps ``max_files`` files' statistics (LRU). Thread-safe.
+    """
+
+    def __init__(self, opener: Any = None, max_files: int = 100_000) -> None:
+        self._opener = opener
+        self._max = max_files
+        self._lock = threading.Lock()
+        self._by_path: OrderedDict[str, tuple[RowGroup, ...]] = OrderedDict()
+
+    def get(self, f: DataFile) -> tuple[RowGroup, ...]:
+        """The row groups of ``f``, in file order."""
+        with self._lock:
+            hit = self._by_path.get(f.read_path)
+            if hit is not None:
+                self._by_path.move_to_end(f.read_path)
+                return hit
+        groups = _row_groups(f.read_path if self._opener is None else self._opener(f.read_path))
+        with self._lock:
+            self._by_path[f.read_path] = groups
+            while len(self._by_path) > self._max:
+                self._by_path.popitem(last=False)
+        return groups
+
+
+def _row_groups(source: Any) -> tuple[RowGroup, ...]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(source)
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    where = {n: names.index(n) for n in ("symbol", "exchange", "timestamp") if n in names}
+    micros = "timeUnit=microseconds" in str(meta.schema.column(where["timestamp"]).logical_type) \
+        if "timestamp" in where else False  # fmt: skip
+    out = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+
+        def bounds(name: str, rg: Any = rg) -> tuple[Any, Any]:
+            i = where.get(name)
+            stats = None if i is None else rg.column(i).statistics
+            if stats is None or not stats.has_min_max:
+                return None, None
+            return stats.min_raw, stats.max_raw
+
+        sym = bounds("symbol")
+        exch = bounds("exchange")
+        ts = bounds("timestamp") if micros else (None, None)
+        out.append(
+            RowGroup(
+                rows=rg.num_rows,
+                symbol_lo=_text(sym[0]),
+                symbol_hi=_text(sym[1]),
+                exchange_lo=_text(exch[0]),
+                exchange_hi=_text(exch[1]),
+                ts_lo=None if ts[0] is None else int(ts[0]),
+                ts_hi=None if ts[1] is None else int(ts[1]),
+            )
+        )
+    return tuple(out)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,423 @@
+"""Reading rows of trades/quotes from data files: filters, keyset order, "first/last N".
+
+Rows are ordered by the key ``(timestamp, exchange, symbol, sequence)`` where sequence
+is ``trade_id`` (trades) or ``update_id`` (quotes). :func:`top_rows` returns the first
+``n`` rows in key order (``asc``) or the last ``n`` (``desc``) without reading a
+symbol's whole history: it walks the candidate files from the newest (or oldest) by
+their timestamp bounds, stops as soon as no remaining file can hold a row that beats
+the n-th row found, and inside large files first finds the n-th timestamp from the
+timestamp column alone so the full rows are decoded only around it.
+
+SQL text is built here from validated values only (symbols and exchanges match
+:data:`SYMBOL_RE`/:data:`EXCHANGE_RE`, times and ids are integers); user SQL never
+reaches this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+
+from k2.query.base import DataType, QueryError
+from k2.query.files import TS_MAX, TS_MIN, DataFile, FooterCache, RowGroup
+from k2.records import QUOTE, TRADE
+
+if TYPE_CHECKING:
+    import duckdb
+
+Order = Literal["asc", "desc"]
+
+#: What a symbol or exchange may look like (anything else cannot exist in the lake).
+SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:/-]{0,63}$")
+EXCHANGE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+
+#: The ordering key of each data type.
+KEYS: dict[DataType, tuple[str, str, str, str]] = {
+    "trades": ("timestamp", "exchange", "symbol", "trade_id"),
+    "quotes": ("timestamp", "exchange", "symbol", "update_id"),
+}
+
+#: Canonical Arrow schema of each data type.
+SCHEMAS: dict[DataType, pa.Schema] = {
+    "trades": TRADE.arrow_schema(),
+    "quotes": QUOTE.arrow_schema(),
+}
+
+#: Above this many rows in a batch of files, find the n-th timestamp first (cheap:
+#: one column) so the full rows are decoded only around it.
+CUTOFF_MIN_ROWS = 20_000
+
+#: Up to this many rows, the n-th timestamp comes from a top-n aggregate.
+TOP_AGGREGATE_MAX = 10_000
+
+#: Most files read by one query of the walk (the batch doubles from 1 up to this).
+MAX_BATCH_FILES = 64
+
+
+def sql_str(value: str) -> str:
+    """``value`` as an SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_ts(us: int) -> str:
+    """UTC µs as a DuckDB TIMESTAMPTZ expression (constant-folded, so it prunes)."""
+    return f"make_timestamptz({int(us)}::BIGINT)"
+
+
+def parquet_source(files: Sequence[DataFile], *, filename: bool = False) -> str:
+    """A ``read_parquet`` call over ``files`` (Iceberg's own schema, no hive columns);
+    ``filename`` adds the column of that name (the path as given)."""
+    paths = ", ".join(sql_str(f.read_path) for f in files)
+    extra = ", filename=true" if filename else ""
+    return f"read_parquet([{paths}], hive_partitioning=false{extra})"
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows a question is about; times UTC µs, ``start`` inclusive, ``end`` exclusive.
+
+    ``after`` is a keyset position ``(timestamp µs, exchange, symbol, sequence)``: only
+    rows strictly after it in ``after_order`` are kept (the cursor of a previous page).
+    """
+
+    data_type: DataType
+    symbols: tuple[str, ...] | None = None
+    exchange: str | None = None
+    start_us: int | None = None
+    end_us: int | None = None
+    after: tuple[int, str, str, int] | None = None
+    after_order: Order = "asc"
+
+    @property
+    def lo_us(self) -> int | None:
+        """Smallest timestamp a matching row can have."""
+        lo = self.start_us
+        if self.after is not None and self.after_order == "asc":
+            lo = self.after[0] if lo is None else max(lo, self.after[0])
+        return lo
+
+    @property
+    def hi_us(self) -> int | None:
+        """One past the largest timestamp a matching row can have."""
+        hi = self.end_us
+        if self.after is not None and self.after_order == "desc":
+            hi = self.after[0] + 1 if hi is None else min(hi, self.after[0] + 1)
+        return hi
+
+    def where(self) -> str:
+        """The filter as an SQL boolean expression over the canonical columns."""
+        parts: list[str] = []
+        if self.symbols is not None:
+            if len(self.symbols) == 1:
+                parts.append(f"symbol = {sql_str(self.symbols[0])}")
+            else:
+                parts.append(f"symbol IN ({', '.join(sql_str(s) for s in self.symbols)})")
+        if self.exchange is not None:
+            parts.append(f"exchange = {sql_str(self.exchange)}")
+        lo, hi = self.lo_us, self.hi_us
+        if lo is not None:
+            parts.append(f"timestamp >= {sql_ts(lo)}")
+        if hi is not None:
+            parts.append(f"timestamp < {sql_ts(hi)}")
+        if self.after is not None:
+            ts, exchange, symbol, seq = self.after
+            key = ", ".join(KEYS[self.data_type])
+            op = ">" if self.after_order == "asc" else "<"
+            parts.append(
+                f"({key}) {op} ({sql_ts(ts)}, {sql_str(exchange)}, {sql_str(symbol)}, {int(seq)})"
+            )
+        return " AND ".join(parts) if parts else "true"
+
+    def prune(self, files: Sequence[DataFile]) -> list[DataFile]:
+        """``files`` that may hold matching rows, by their bounds."""
+        lo, hi = self.lo_us, self.hi_us
+        out = []
+        for f in files:
+            if lo is not None and f.ts_hi is not None and f.ts_hi < lo:
+                continue
+            if hi is not None and f.ts_lo is not None and f.ts_lo >= hi:
+                continue
+            out.append(f)
+        return out
+
+
+def union_source(parts: Sequence[str], data_type: DataType, columns: Sequence[str]) -> str:
+    """A parenthesised FROM item: the UNION ALL of SELECTs ``parts`` over ``columns``, or
+    an empty relation of the canonical column types when there are none."""
+    if not parts:
+        schema = SCHEMAS[data_type]
+        nulls = ", ".join(f'NULL::{_duck_type(schema.field(c).type)} AS "{c}"' for c in columns)
+        return f"(SELECT {nulls} WHERE false)"
+    return "(" + " UNION ALL ".join(parts) + ")"
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_binary(t):
+        return "BLOB"
+    return "VARCHAR"
+
+
+def order_by(data_type: DataType, order: Order) -> str:
+    """ORDER BY clause body for the key in ``order``."""
+    direction = "DESC" if order == "desc" else "ASC"
+    return ", ".join(f"{k} {direction}" for k in KEYS[data_type])
+
+
+def sort_rows(table: pa.Table, data_type: DataType, order: Order) -> pa.Table:
+    """``table`` sorted by the key in ``order``."""
+    direction = "descending" if order == "desc" else "ascending"
+    return table.sort_by([(k, direction) for k in KEYS[data_type]])
+
+
+def conform(table: pa.Table, data_type: DataType, columns: Sequence[str]) -> pa.Table:
+    """``table``'s ``columns`` with the canonical types, names and field docs."""
+    schema = SCHEMAS[data_type]
+    fields = [schema.field(c) for c in columns]
+    arrays = [table.column(c).cast(f.type) for c, f in zip(columns, fields, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+def select_list(columns: Sequence[str]) -> str:
+    """Quoted column list."""
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+@dataclass
+class Scan:
+    """Rows found by :func:`top_rows` and how many files were read to find them."""
+
+    table: pa.Table
+    files_scanned: int
+
+
+def top_rows(
+    conn: duckdb.DuckDBPyConnection,
+    files: Sequence[DataFile],
+    flt: RowFilter,
+    columns: Sequence[str],
+    order: Order,
+    n: int,
+    footers: FooterCache | None = None,
+) -> Scan:
+    """The first ``n`` rows matching ``flt`` in key ``order`` from ``files``.
+
+    ``columns`` must include the key. The result is sorted in ``order`` and holds
+    fewer than ``n`` rows only when fewer match. ``footers`` (row-group statistics)
+    lets a large file be read from its last (or first) row groups only.
+    """
+    desc = order == "desc"
+    candidates = flt.prune(files)
+    if desc:
+        candidates.sort(key=lambda f: TS_MAX if f.ts_hi is None else f.ts_hi, reverse=True)
+    else:
+        candidates.sort(key=lambda f: TS_MIN if f.ts_lo is None else f.ts_lo)
+    got: pa.Table | None = None
+    bound: int | None = None
+    i, batch, scanned = 0, 1, 0
+    while i < len(candidates):
+        if bound is not None:
+            nxt = candidates[i]
+            # Files are sorted by the bound tested here, so none after this one can
+            # hold a row that sorts before the n-th row found (equal times can: keep).
+            if desc and nxt.ts_hi is not None and nxt.ts_hi < bound:
+                break
+            if not desc and nxt.ts_lo is not None and nxt.ts_lo > bound:
+                break
+        chunk = candidates[i : i + batch]
+        step = flt
+        if bound is not None:
+            step = _tightened(flt, bound, order)
+        rows = _read_top(conn, chunk, step, columns, order, n, footers)
+        scanned += len(chunk)
+        got = (
+            rows if got is None else sort_rows(pa.concat_tables([got, rows]), flt.data_type, order)
+        )
+        if got.num_rows > n:
+            got = got.slice(0, n)
+        if got.num_rows == n:
+            bound = int(got.column("timestamp")[n - 1].value)
+        i += len(chunk)
+        batch = min(batch * 2, MAX_BATCH_FILES)
+    if got is None:
+        got = empty(flt.data_type, columns)
+    return Scan(got, scanned)
+
+
+def _tightened(flt: RowFilter, bound: int, order: Order) -> RowFilter:
+    """``flt`` narrowed to rows no further than timestamp ``bound`` (inclusive)."""
+    if order == "desc":
+        start = bound if flt.start_us is None else max(flt.start_us, bound)
+        return replace(flt, start_us=start)
+    end = bound + 1 if flt.end_us is None else min(flt.end_us, bound + 1)
+    return replace(flt, end_us=end)
+
+
+def _read_top(
+    conn: duckdb.DuckDBPyConnection,
+    files: Sequence[DataFile],
+    flt: RowFilter,
+    columns: Sequence[str],
+    order: Order,
+    n: int,
+    footers: FooterCache | None,
+) -> pa.Table:
+    source = parquet_source(files)
+    if sum(f.record_count for f in files) > CUTOFF_MIN_ROWS:
+        if footers is not None:
+            groups = [g for f in files for g in footers.get(f)]
+            bound = stats_bound(groups, flt, order, n)
+            if bound is not None:
+                # Row groups entirely beyond the bound are skipped by DuckDB's zone maps.
+                flt = _tightened(flt, bound, order)
+        cut = _nth_timestamp(conn, source, flt, order, n)
+        if cut is not None:
+            flt = _tightened(flt, cut, order)
+    text = (
+        f"SELECT {select_list(columns)} FROM {source} WHERE {flt.where()} "
+        f"ORDER BY {order_by(flt.data_type, order)} LIMIT {int(n)}"
+    )
+    return conform(conn.sql(text).to_arrow_table(), flt.data_type, columns)
+
+
+def _nth_timestamp(
+    conn: duckdb.DuckDBPyConnection, source: str, flt: RowFilter, order: Order, n: int
+) -> int | None:
+    """The n-th largest (``desc``) or smallest timestamp (µs) of the rows matching ``flt``,
+    from the timestamp column alone; None when fewer than ``n`` rows match."""
+    where = flt.where()
+    if n <= TOP_AGGREGATE_MAX:
+        # A top-n aggregate: a bounded heap, about twice as fast here as ORDER BY/OFFSET.
+        pick = "max" if order == "desc" else "min"
+        rows = conn.sql(
+            f"SELECT {pick}(epoch_us(timestamp), {int(n)}) FROM {source} WHERE {where}"
+        ).fetchall()
+        top = rows[0][0] if rows else None
+        if top is None or len(top) < n:
+            return None
+        return int(min(top) if order == "desc" else max(top))
+    direction = "DESC" if order == "desc" else "ASC"
+    cut = conn.sql(
+        f"SELECT epoch_us(timestamp) FROM {source} WHERE {where} "
+        f"ORDER BY timestamp {direction} LIMIT 1 OFFSET {int(n) - 1}"
+    ).fetchall()
+    return int(cut[0][0]) if cut else None
+
+
+def stats_bound(groups: Sequence[RowGroup], flt: RowFilter, order: Order, n: int) -> int | None:
+    """A timestamp bound that at least ``n`` rows matching ``flt`` reach, from row-group
+    statistics alone: for ``desc``, some T with at least ``n`` matching rows at or after
+    T (for ``asc``, at or before T); None when the statistics cannot prove one.
+
+    Row groups are visited from the newest (oldest) end; only groups the statistics
+    prove to match entirely (one wanted symbol and exchange, times inside the window)
+    are counted, but every visited group moves the bound, so it stays safe.
+    """
+    symbols = None if flt.symbols is None else set(flt.symbols)
+    lo, hi = flt.lo_us, flt.hi_us
+    sure_lo = TS_MIN if flt.start_us is None else flt.start_us
+    sure_hi = TS_MAX if flt.end_us is None else flt.end_us
+    if flt.after is not None and flt.after_order == "desc":
+        sure_hi = min(sure_hi, flt.after[0])
+    elif flt.after is not None:
+        sure_lo = max(sure_lo, flt.after[0] + 1)
+    candidates: list[tuple[int, int, RowGroup]] = []
+    for g in groups:
+        if g.ts_lo is None or g.ts_hi is None:
+            return None  # a group that could hold anything: no safe bound
+        if (lo is not None and g.ts_hi < lo) or (hi is not None and g.ts_lo >= hi):
+            continue
+        if symbols is not None and not any(
+            (g.symbol_lo is None or g.symbol_lo <= s) and (g.symbol_hi is None or s <= g.symbol_hi)
+            for s in symbols
+        ):
+            continue
+        candidates.append((g.ts_lo, g.ts_hi, g))
+    desc = order == "desc"
+    candidates.sort(key=lambda c: -c[1] if desc else c[0])
+    count = 0
+    bound: int | None = None
+    for ts_lo, ts_hi, g in candidates:
+        edge = ts_lo if desc else ts_hi
+        bound = edge if bound is None else (min(bound, edge) if desc else max(bound, edge))
+        one_symbol = g.symbol_lo is not None and g.symbol_lo == g.symbol_hi
+        sure = (
+            (symbols is None or (one_symbol and g.symbol_lo in symbols))
+            and (flt.exchange is None or g.exchange_lo == g.exchange_hi == flt.exchange)
+            and sure_lo <= ts_lo
+            and ts_hi < sure_hi
+        )
+        if sure:
+            count += g.rows
+            if count >= n:
+                return bound
+    return None
+
+
+def empty(data_type: DataType, columns: Sequence[str]) -> pa.Table:
+    """No rows, with the canonical types of ``columns``."""
+    schema = SCHEMAS[data_type]
+    fields = [schema.field(c) for c in columns]
+    return pa.Table.from_batches([], schema=pa.schema(fields, metadata=schema.metadata))
+
+
+# -- cursors -----------------------------------------------------------------------------
+
+
+def encode_cursor(data_type: DataType, order: Order, key: tuple[int, str, str, int]) -> str:
+    """An opaque, URL-safe cursor for the position after ``key`` in ``order``."""
+    raw = json.dumps([1, data_type, order, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str, data_type: DataType, order: Order) -> tuple[int, str, str, int]:
+    """The key :func:`encode_cursor` put in ``text``; ``QueryError(bad-cursor)`` if it is
+    not one, or belongs to another data type or order."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        version, dt, cursor_order, ts, exchange, symbol, seq = json.loads(raw)
+        valid = (
+            version == 1
+            and isinstance(ts, int)
+            and isinstance(seq, int)
+            and isinstance(exchange, str)
+            and isinstance(symbol, str)
+            and EXCHANGE_RE.match(exchange) is not None
+            and SYMBOL_RE.match(symbol) is not None
+        )
+    except (ValueError, TypeError, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        raise QueryError("cursor is not one this API issued", code="bad-cursor")
+    if dt != data_type or cursor_order != order:
+        raise QueryError(
+            f"cursor belongs to a {dt} query in {cursor_order} order, not {data_type} "
+            f"in {order} order",
+            code="bad-cursor",
+        )
+    return ts, exchange, symbol, seq
+
+
+def last_key(table: pa.Table, data_type: DataType) -> tuple[int, str, str, int]:
+    """The key of the last row of ``table`` (UTC µs, exchange, symbol, sequence)."""
+    i = table.num_rows - 1
+    ts, exchange, symbol, seq = KEYS[data_type]
+    return (
+        int(table.column(ts)[i].value),
+        str(table.column(exchange)[i].as_py()),
+        str(table.column(symbol)[i].as_py()),
+        int(table.column(seq)[i].as_py()),
+    )

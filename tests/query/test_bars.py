@@ -1,0 +1,233 @@
+"""Bars, VWAP and summaries, checked to the last decimal against an independent
+computation: Python ``Decimal`` straight from the raw frames of the real hftbacktest
+BTCUSDT capture (3,144 trades, many sharing a millisecond), not through K2's code."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from k2.config import QuerySettings
+from k2.lake.tables import TABLE_DEFS, sort_for
+from k2.query.bars import BAR_COLUMNS, parse_interval
+from k2.query.base import QueryError
+from k2.sources.binance.parse import FrameParser
+from tests.captures import HFT_CAPTURE, HFT_TRADES, hft_frames
+from tests.query.conftest import EngineFactory, Lake
+from tests.query.engine_kit import DAY, EIGHT, T0, Trade, append, append_by_day, dt, market
+from tests.query.engine_kit import trades_table as make_trades_table
+
+EPOCH_DAY = 86_400_000_000
+ZERO = Decimal("0E-8")
+
+
+@dataclass(frozen=True)
+class RawTrade:
+    trade_id: int
+    ts_us: int
+    price: Decimal
+    quantity: Decimal
+    side: str
+
+
+def raw_trades() -> list[RawTrade]:
+    """The capture's trades read from the raw JSON frames."""
+    out = []
+    with gzip.open(HFT_CAPTURE, "rt") as fh:
+        for line in fh:
+            frame = json.loads(line.split(" ", 1)[1])
+            if frame["stream"] != "btcusdt@trade":
+                continue
+            d = frame["data"]
+            out.append(
+                RawTrade(
+                    int(d["t"]),
+                    int(d["T"]) * 1000,
+                    Decimal(d["p"]),
+                    Decimal(d["q"]),
+                    "SELL" if d["m"] else "BUY",
+                )
+            )
+    assert len(out) == HFT_TRADES
+    return out
+
+
+def expected_bars(trades: list[RawTrade], interval_us: int) -> list[dict[str, Any]]:
+    """Bars by the documented rules, in Decimal with ample precision."""
+    groups: dict[int, list[RawTrade]] = defaultdict(list)
+    for t in trades:
+        groups[t.ts_us // interval_us].append(t)
+    out = []
+    with localcontext() as ctx:
+        ctx.prec = 80
+        for bucket in sorted(groups):
+            g = groups[bucket]
+            first = min(g, key=lambda t: (t.ts_us, t.trade_id))
+            last = max(g, key=lambda t: (t.ts_us, t.trade_id))
+            volume = sum((t.quantity for t in g), ZERO)
+            notional = sum((t.price * t.quantity for t in g), ZERO)
+            out.append(
+                {
+                    "symbol": "BTCUSDT",
+                    "exchange": "binance",
+                    "bar_start": dt(bucket * interval_us),
+                    "bar_end": dt((bucket + 1) * interval_us),
+                    "open": first.price,
+                    "high": max(t.price for t in g),
+                    "low": min(t.price for t in g),
+                    "close": last.price,
+                    "volume": volume,
+                    "quote_volume": sum(
+                        ((t.price * t.quantity).quantize(EIGHT, ROUND_HALF_EVEN) for t in g),
+                        Decimal(0),
+                    ),
+                    "vwap": (notional / volume).quantize(EIGHT, ROUND_HALF_EVEN),
+                    "trade_count": len(g),
+                    "buy_volume": sum((t.quantity for t in g if t.side == "BUY"), ZERO),
+                    "sell_volume": sum((t.quantity for t in g if t.side == "SELL"), ZERO),
+                    "first_trade_at": dt(first.ts_us),
+                    "last_trade_at": dt(last.ts_us),
+                }
+            )
+    return out
+
+
+def exact(value: Any) -> Any:
+    """Decimals as their text, so the number of places must match too."""
+    return str(value) if isinstance(value, Decimal) else value
+
+
+@pytest.fixture(scope="module")
+def raw() -> list[RawTrade]:
+    return raw_trades()
+
+
+@pytest.fixture
+def real_lake(lake: Lake) -> Lake:
+    """The capture's trades in the lake, in two appends (several files)."""
+    frames, received = hft_frames()
+    trades = pa.Table.from_batches([FrameParser().parse(frames, received).trades])
+    half = trades.num_rows // 2
+    table = lake.tables["trades"]
+    for part in (trades.slice(0, half), trades.slice(half)):
+        table.append(sort_for(TABLE_DEFS["trades"], part))
+    return lake
+
+
+@pytest.mark.parametrize("interval", ["1s", "15s", "1m", "5m", "1h", "1d"])
+def test_bars_equal_an_independent_decimal_computation(
+    make_engine: EngineFactory, real_lake: Lake, raw: list[RawTrade], interval: str
+) -> None:
+    result = make_engine().bars("BTCUSDT", interval=interval)
+    want = expected_bars(raw, parse_interval(interval))
+    got = result.table.to_pylist()
+    assert result.table.column_names == list(BAR_COLUMNS)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for column in BAR_COLUMNS:
+            assert exact(g[column]) == exact(w[column]), (interval, g["bar_start"], column)
+    assert sum(g["trade_count"] for g in got) == HFT_TRADES
+    assert result.meta.rows == len(want) and result.meta.extra["interval"] == interval
+
+
+def test_bars_window_is_start_inclusive_end_exclusive(
+    make_engine: EngineFactory, real_lake: Lake, raw: list[RawTrade]
+) -> None:
+    start_us = 1_680_652_860_000_000  # 2023-04-05T00:01:00Z
+    end_us = start_us + 180_000_000
+    inside = [t for t in raw if start_us <= t.ts_us < end_us]
+    result = make_engine().bars("BTCUSDT", interval="1m", start=dt(start_us), end=dt(end_us))
+    got = result.table.to_pylist()
+    want = expected_bars(inside, 60_000_000)
+    assert [g["bar_start"] for g in got] == [dt(start_us + i * 60_000_000) for i in range(3)]
+    assert [(g["vwap"], g["trade_count"]) for g in got] == [
+        (w["vwap"], w["trade_count"]) for w in want
+    ]
+
+
+def test_summary_is_the_daily_bar_with_first_and_last_times(
+    make_engine: EngineFactory, real_lake: Lake, raw: list[RawTrade]
+) -> None:
+    engine = make_engine()
+    day = [t for t in raw if t.ts_us >= 1_680_652_800_000_000]
+    (want,) = expected_bars(day, EPOCH_DAY)
+    result = engine.summary("btcusdt")  # default: the day of the newest trade
+    (got,) = result.table.to_pylist()
+    for column, value in want.items():
+        assert exact(got[column]) == exact(value), column
+    assert result.meta.extra["day"] == "2023-04-05"
+    # The one trade stamped 23:59:59.999 the day before is a day of its own.
+    (before,) = engine.summary("BTCUSDT", day=date(2023, 4, 4)).table.to_pylist()
+    assert before["trade_count"] == 1 and before["first_trade_at"] == before["last_trade_at"]
+    assert engine.summary("BTCUSDT", day=date(2023, 4, 6)).table.num_rows == 0
+
+
+def test_vwap_rounds_half_even_and_open_close_break_ties_by_trade_id(
+    make_engine: EngineFactory, lake: Lake
+) -> None:
+    one = Decimal(1)
+    trades = [
+        # Bar 1: vwap 1.000000015 exactly -> half-even 1.00000002 (half-up agrees).
+        Trade("TIEUSDT", 10, T0, Decimal("1.00000001"), one),
+        Trade("TIEUSDT", 11, T0 + 1, Decimal("1.00000002"), one),
+        # Bar 2: vwap 1.000000025 -> half-even 1.00000002 (half-up would say ...03).
+        Trade("TIEUSDT", 21, T0 + 60_000_000, Decimal("1.00000003"), one),
+        Trade("TIEUSDT", 20, T0 + 60_000_000, Decimal("1.00000002"), one),
+        # Bar 3: three trades at one µs; open/close by trade id, not by arrival.
+        Trade("TIEUSDT", 32, T0 + 120_000_000, Decimal("7"), Decimal("0.5"), "SELL"),
+        Trade("TIEUSDT", 30, T0 + 120_000_000, Decimal("5"), Decimal("0.25")),
+        Trade("TIEUSDT", 31, T0 + 120_000_000, Decimal("9"), Decimal("0.25")),
+    ]
+    append(lake.tables["trades"], make_trades_table(trades))
+    rows = make_engine().bars("TIEUSDT", interval="1m").table.to_pylist()
+    assert [str(r["vwap"]) for r in rows] == ["1.00000002", "1.00000002", "7.00000000"]
+    assert (rows[1]["open"], rows[1]["close"]) == (Decimal("1.00000002"), Decimal("1.00000003"))
+    assert (rows[2]["open"], rows[2]["close"]) == (Decimal(5), Decimal(7))
+    assert (rows[2]["buy_volume"], rows[2]["sell_volume"]) == (Decimal("0.5"), Decimal("0.5"))
+
+
+def test_bars_of_several_symbols(make_engine: EngineFactory, lake: Lake) -> None:
+    trades = market(days=2, per_symbol_day=25)
+    append_by_day(lake.tables["trades"], trades)
+    result = make_engine().bars(["BTCUSDT", "SOLUSDT"], interval="1d")
+    got = [(r["bar_start"], r["symbol"], r["trade_count"]) for r in result.table.to_pylist()]
+    assert got == [(dt(T0 + d * DAY), s, 25) for d in range(2) for s in ("BTCUSDT", "SOLUSDT")]
+    all_symbols = make_engine().bars(None, interval="12h")
+    assert sum(all_symbols.table.column("trade_count").to_pylist()) == len(trades)
+    assert result.meta.files_scanned < result.meta.files_total
+
+
+@pytest.mark.parametrize(
+    "interval", ["0m", "2d", "25h", "1441m", "86401s", "1w", "90", "1.5m", "", "m", "-1m"]
+)
+def test_bad_intervals_name_the_accepted_forms(interval: str) -> None:
+    with pytest.raises(QueryError) as err:
+        parse_interval(interval)
+    assert err.value.code == "bad-interval"
+    assert "Ns, Nm or Nh" in str(err.value) and "1d" in str(err.value)
+
+
+def test_interval_lengths() -> None:
+    assert parse_interval("1s") == 1_000_000
+    assert parse_interval("86400s") == parse_interval("1440m") == parse_interval("24h")
+    assert parse_interval("24h") == parse_interval("1d") == EPOCH_DAY
+
+
+def test_too_many_bars_is_refused(make_engine: EngineFactory, real_lake: Lake) -> None:
+    engine = make_engine(settings=QuerySettings(max_limit=100))
+    start = datetime(2023, 4, 5, tzinfo=dt(0).tzinfo)
+    with pytest.raises(QueryError) as err:
+        engine.bars("BTCUSDT", interval="1s", start=start, end=start + timedelta(minutes=2))
+    assert err.value.code == "window-too-large"
+    with pytest.raises(QueryError) as unbounded:
+        engine.bars("BTCUSDT", interval="1s")  # 415 bars with trades > 100
+    assert unbounded.value.code == "window-too-large"
+    assert engine.bars("BTCUSDT", interval="1m").table.num_rows == 8
