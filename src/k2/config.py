@@ -173,6 +173,15 @@ class QuerySettings(BaseModel):
         True, description="follow the log for records the lake has not committed yet"
     )
     tail_poll_ms: int = Field(100, ge=5, description="live tail: log poll interval")
+    recent_window_s: float = Field(
+        900.0,
+        ge=0,
+        description="live tail: keep every record this recent in memory, committed or "
+        "not, so recent-window questions never touch the lake (0 turns it off)",
+    )
+    recent_max_rows: int = Field(
+        2_000_000, ge=1000, description="live tail: rows the recent window holds at most"
+    )
     tail_max_rows: int = Field(
         2_000_000,
         ge=1000,

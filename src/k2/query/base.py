@@ -10,6 +10,7 @@ the log, duplicates (a record both committed and still held) removed by ``messag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -39,6 +40,16 @@ class QueryError(TerminalError):
 
 
 @dataclass(frozen=True)
+class RecentCut:
+    """The tail's recent window (see :mod:`k2.query.recent`): per symbol, every record
+    the tail has read with ``timestamp >= floor_us`` (UTC µs), possibly more; a record
+    may appear twice if the log holds it twice. Rows are in arrival order."""
+
+    floor_us: int
+    by_symbol: Mapping[str, pa.Table]
+
+
+@dataclass(frozen=True)
 class TailView:
     """An immutable cut of the live tail for one data type.
 
@@ -54,6 +65,7 @@ class TailView:
     rows: pa.Table
     complete: bool = True
     log_end: dict[int, int] = field(default_factory=dict)
+    recent: RecentCut | None = None
 
 
 class Tail(Protocol):

@@ -33,6 +33,7 @@ from k2.lake.tables import NAMESPACE
 from k2.ops.log import get_logger
 from k2.query import bars as bars_mod
 from k2.query import params
+from k2.query import recent as recent_mod
 from k2.query import sql as sql_mod
 from k2.query.base import DataType, QueryError, QueryMeta, QueryResult, Tail, TailView
 from k2.query.cache import SnapshotCache, table_rows
@@ -47,7 +48,17 @@ from k2.query.hybrid import (
     tail_top,
 )
 from k2.query.lake import LakeState, LakeTables
-from k2.query.scan import SCHEMAS, RowFilter, Scan, decode_cursor, encode_cursor, last_key, top_rows
+from k2.query.scan import (
+    SCHEMAS,
+    Order,
+    RowFilter,
+    Scan,
+    decode_cursor,
+    encode_cursor,
+    last_key,
+    sort_rows,
+    top_rows,
+)
 from k2.query.symbols import SymbolBook
 
 if TYPE_CHECKING:
@@ -264,6 +275,10 @@ class QueryEngine:
         after = decode_cursor(cursor, data_type, direction) if cursor else None
         flt = RowFilter(data_type, syms, exch, start_us, end_us, after, direction)
         state, index, view = self._resolve(data_type, as_of)
+        if view is not None and view.recent is not None and syms and after is None:
+            fast = self._recent_rows(view, flt, syms, n, direction, out_cols, index, t0)
+            if fast is not None:
+                return fast
         read = tuple(dict.fromkeys([*out_cols, *key_columns(data_type)]))
         conn = self._conn()
         key = ("top", index.snapshot_id, flt, read, n + 1)
@@ -309,6 +324,47 @@ class QueryEngine:
             meta.extra["lake_cached"] = True
         meta.elapsed_ms = (time.perf_counter() - t0) * 1000
         return QueryResult(page.select(out_cols), meta)
+
+    def _recent_rows(
+        self,
+        view: TailView,
+        flt: RowFilter,
+        syms: tuple[str, ...],
+        n: int,
+        direction: Order,
+        out_cols: Sequence[str],
+        index: SnapshotIndex,
+        t0: float,
+    ) -> QueryResult | None:
+        """The answer from the tail's recent window alone, when it holds the whole
+        window (see :mod:`k2.query.recent`); ``None`` to take the lake + tail path."""
+        cut = view.recent
+        if cut is None or flt.start_us is None:
+            return None
+        found = recent_mod.answer(cut, syms, flt.start_us, flt.end_us, flt.exchange)
+        if found is None:
+            return None
+        rows = sort_rows(found, flt.data_type, direction)
+        page = rows.slice(0, n)
+        meta = QueryMeta(
+            data_type=flt.data_type,
+            start=_us_to_utc(flt.start_us),
+            end=_us_to_utc(flt.end_us),
+            snapshot_id=index.snapshot_id,
+            sources=["tail"],
+            rows=page.num_rows,
+            rows_tail=page.num_rows,
+            files_total=len(index.files),
+            tail_complete=True,
+            next_cursor=(
+                encode_cursor(flt.data_type, direction, last_key(page, flt.data_type))
+                if rows.num_rows > n
+                else None
+            ),
+        )
+        meta.extra["recent_window"] = True
+        meta.elapsed_ms = (time.perf_counter() - t0) * 1000
+        return QueryResult(page.select(list(out_cols)), meta)
 
     # -- bars and summaries --------------------------------------------------------------
 
@@ -537,6 +593,13 @@ class QueryEngine:
 def _sources(view: TailView | None) -> list[Literal["lake", "tail"]]:
     """The lake, and the tail when a view holding rows was joined in."""
     return ["lake", "tail"] if view is not None and view.rows.num_rows else ["lake"]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _us_to_utc(us: int | None) -> datetime | None:
+    return None if us is None else _EPOCH + timedelta(microseconds=us)
 
 
 def _utc(value: datetime | None) -> datetime | None:

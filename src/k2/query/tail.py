@@ -57,6 +57,7 @@ from k2.log.topics import TopicLayout
 from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger
 from k2.query.base import DataType, TailView
+from k2.query.recent import RecentStore
 from k2.query.tail_stream import StreamStats, TailStream
 from k2.sources.supervisor import Backoff
 
@@ -158,6 +159,12 @@ class LiveTail:
                 # is reading from under its feet.
                 copy.copy(tables[data_type]),
                 TABLE_DEFS[data_type].record_type.arrow_schema(),
+                RecentStore(
+                    int(self._settings.recent_window_s * 1_000_000),
+                    self._settings.recent_max_rows,
+                )
+                if self._settings.recent_window_s > 0
+                else None,
             )
         self._poll_s = self._settings.tail_poll_ms / 1000
         self._refresh_s = self._settings.refresh_ms / 1000
@@ -387,7 +394,14 @@ class LiveTail:
         partitions = self._partitions(stream.topic)
         new = stream.new_partitions(partitions)
         begins = self._log.begin_offsets(stream.topic) if any(p not in lake for p in new) else {}
+        floor = None
+        recent = stream.recent
+        if recent is not None and (recent.needs_floor or _would_jump(stream, lake)):
+            # Before any change, like every other read here.
+            floor = lake_max_timestamp_us(table) + 1
         stream.apply_lake(snapshot_id, lake, partitions, begins)
+        if recent is not None and floor is not None:
+            recent.set_floor(floor)
 
     def _partitions(self, topic: str) -> int | None:
         """The topic's partition count; ``None`` while it does not exist yet (the API
@@ -420,8 +434,11 @@ class LiveTail:
             log.warning(
                 "tail_read_failed", error=str(exc), transient=isinstance(exc, TransientError)
             )
+        now_us = self._wall_clock_us()
         for stream in self._streams.values():
             stream.enforce_cap(self._settings.tail_max_rows, self._clock())
+            if stream.recent is not None:
+                stream.recent.evict(now_us)
         self._polls += 1
         self._last_poll_us = self._wall_clock_us()
         return got, ok
@@ -469,6 +486,32 @@ class LiveTail:
             last_error=self._last_error,
             running=self.running,
         )
+
+
+def _would_jump(stream: TailStream, lake: Mapping[int, int]) -> bool:
+    """True when ``lake`` is past the read position of a partition (records skipped)."""
+    return any(lake.get(p, -1) > part.position for p, part in stream.parts.items())
+
+
+def lake_max_timestamp_us(table: Table) -> int:
+    """The newest ``timestamp`` (UTC µs) in ``table``'s current snapshot, from the data
+    files' column bounds (no data read); -1 for an empty table."""
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import PrimitiveType
+
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return -1
+    field = table.schema().find_field("timestamp")
+    field_type = field.field_type
+    assert isinstance(field_type, PrimitiveType)
+    newest = -1
+    for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():
+        raw = (task.file.upper_bounds or {}).get(field.field_id)
+        if raw is None:  # no bound: be safe, the floor cannot be below "now"
+            return 2**62
+        newest = max(newest, int(from_bytes(field_type, raw)))
+    return newest
 
 
 def _utc(us: int | None) -> datetime | None:

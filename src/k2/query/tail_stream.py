@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from k2.errors import TerminalError
 from k2.ops.log import get_logger
 from k2.query.base import TailView
+from k2.query.recent import RecentStore
 from k2.query.tail_rows import PartitionRows
 
 if TYPE_CHECKING:
@@ -61,8 +62,17 @@ class TailStream:
     """One data type's tail: ``topic`` in the log, ``table`` in the lake (the tail's own
     copy), rows of ``schema``. Not thread-safe: the tail guards it with its step lock."""
 
-    def __init__(self, data_type: str, topic: str, table: Table, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        data_type: str,
+        topic: str,
+        table: Table,
+        schema: pa.Schema,
+        recent: RecentStore | None = None,
+    ) -> None:
         self.data_type = data_type
+        #: The recent window (every record read lately, committed or not), if kept.
+        self.recent = recent
         self.topic = topic
         self.table = table
         self.schema = schema
@@ -123,6 +133,8 @@ class TailStream:
                 self._floor[p] = start
         for p, part in self.parts.items():
             at = lake.get(p)
+            if at is not None and at > part.position and self.recent is not None:
+                self.recent.invalidate()  # records skipped: the floor must be set anew
             # at < start: rows between are missing (the memory cap dropped them); the
             # view stays incomplete until the lake gets past them.
             if at is not None and at >= part.start:
@@ -151,6 +163,8 @@ class TailStream:
                 return 0
         self._seq += 1
         skipped = part.append(records, offsets, self._seq)
+        if self.recent is not None:
+            self.recent.add(records)
         if skipped:
             self.lost_rows += skipped
             log.warning("tail_records_lost_to_retention", topic=self.topic,
@@ -199,6 +213,7 @@ class TailStream:
             rows=pa.Table.from_batches(batches, schema=self.schema),
             complete=self.complete(),
             log_end={p: part.position for p, part in sorted(self.parts.items())},
+            recent=self.recent.cut() if self.recent is not None else None,
         )
 
     def stats(self) -> StreamStats:

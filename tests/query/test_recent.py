@@ -1,0 +1,154 @@
+"""The tail's recent window: recent questions answered from memory, never wrongly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from k2.config import LakeSettings, QuerySettings
+from k2.lake.catalog import catalog_from
+from k2.lake.tables import ensure_tables
+from k2.log.embedded import EmbeddedLog
+from k2.log.topics import TopicLayout
+from k2.query.engine import QueryEngine
+from k2.query.recent import RecentStore
+from k2.query.tail import LiveTail
+from tests.query.tail_testkit import T0_US, TradeFeed, commit, make_trades
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
+LAYOUT = TopicLayout(trade_partitions=3, quote_partitions=2)
+TRADES = LAYOUT.data_topic("trade")
+MS = 1000
+NOW_US = T0_US + 10 * 60 * 1_000_000  # ten minutes after the first trade
+
+
+def _dt(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
+    handle = EmbeddedLog(tmp_path / "log", durability="normal")
+    for spec in LAYOUT.specs():
+        handle.create_topic(spec)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> dict[str, Table]:
+    return ensure_tables(catalog_from(LakeSettings(), tmp_path / "data"))
+
+
+def _engine(tmp_path: Path, tail: LiveTail) -> QueryEngine:
+    return QueryEngine(
+        catalog_from(LakeSettings(), tmp_path / "data"),
+        tail=tail,
+        clock=lambda: _dt(NOW_US),
+        background_refresh=False,
+    )
+
+
+def _tail(log: EmbeddedLog, tables: dict[str, Table], window_s: float) -> LiveTail:
+    settings = QuerySettings(recent_window_s=window_s)
+    return LiveTail(log, LAYOUT, tables, settings=settings, data_types=("trades",),
+                    wall_clock_us=lambda: NOW_US)  # fmt: skip
+
+
+def test_recent_questions_come_from_memory_and_equal_the_lake_path(
+    tmp_path: Path, log: EmbeddedLog, tables: dict[str, Table]
+) -> None:
+    feed = TradeFeed(log, TRADES)
+    feed.produce(100)  # ids 1..100 per symbol, 1 ms apart from T0
+    commit(log, tables["trades"], TRADES, feed.ends)  # in the lake before the tail starts
+    feed.produce(50)  # 101..150: the tail reads them, then the lake commits them
+    with_memory = _tail(log, tables, 900)
+    plain = _tail(log, tables, 0)
+    with_memory.step()
+    plain.step()
+    commit(log, tables["trades"], TRADES, feed.ends)
+    feed.produce(30)  # 151..180: only in the log
+    with_memory.step()
+    plain.step()
+
+    cut = with_memory.view("trades").recent
+    assert cut is not None
+    # Newest trade the lake held when the tail started: id 100 of every symbol.
+    assert cut.floor_us == T0_US + 100 * MS + 1
+    assert plain.view("trades").recent is None
+
+    fast, slow = _engine(tmp_path, with_memory), _engine(tmp_path, plain)
+    lo, hi = _dt(cut.floor_us), _dt(NOW_US)
+    got = fast.trades("BTCUSDT", start=lo, end=hi, order="desc", limit=500)
+    assert got.meta.extra.get("recent_window") is True and got.meta.files_scanned == 0
+    ids = got.table.column("trade_id").to_pylist()
+    assert ids == list(range(180, 100, -1))  # committed and uncommitted, once each
+    want = slow.trades("BTCUSDT", start=lo, end=hi, order="desc", limit=500)
+    assert "recent_window" not in want.meta.extra
+    assert got.table.equals(want.table)
+
+    # A window reaching below the floor is not answered from memory, and is whole.
+    wide = fast.trades("BTCUSDT", start=_dt(T0_US), end=_dt(NOW_US), limit=500)
+    assert "recent_window" not in wide.meta.extra
+    assert wide.table.column("trade_id").to_pylist() == list(range(1, 181))
+
+    # Paging a recent answer continues seamlessly on the lake + tail path.
+    pair = ["BTCUSDT", "ETHUSDT"]
+    first = fast.trades(pair, start=lo, end=hi, order="desc", limit=70)
+    rest = fast.trades(pair, start=lo, end=hi, order="desc", limit=500,
+                       cursor=first.meta.next_cursor)  # fmt: skip
+    both = (
+        first.table.column("message_id").to_pylist() + rest.table.column("message_id").to_pylist()
+    )
+    assert len(both) == len(set(both)) == 160
+    for engine in (fast, slow):
+        engine.close()
+
+
+def test_a_message_logged_twice_falls_back_to_the_deduplicating_path(
+    tmp_path: Path, log: EmbeddedLog, tables: dict[str, Table]
+) -> None:
+    feed = TradeFeed(log, TRADES, symbols=("BTCUSDT",))
+    feed.produce(20)
+    tail = _tail(log, tables, 900)
+    tail.step()
+    log.produce(TRADES, make_trades("BTCUSDT", 5, 1))  # a producer retry: id 5 again
+    tail.step()
+    engine = _engine(tmp_path, tail)
+    got = engine.trades("BTCUSDT", start=_dt(T0_US), end=_dt(NOW_US), limit=100)
+    assert "recent_window" not in got.meta.extra
+    assert got.table.column("trade_id").to_pylist() == list(range(1, 21))
+    engine.close()
+
+
+def test_store_eviction_and_the_row_cap_raise_the_floor() -> None:
+    store = RecentStore(window_us=60_000 * MS, max_rows=250)
+    assert store.needs_floor and store.cut() is None
+    store.set_floor(T0_US)
+    store.add(make_trades("BTCUSDT", 1, 100))  # T0+1ms .. T0+100ms
+    store.add(make_trades("ETHUSDT", 1, 100))
+    store.evict(T0_US + 1000 * MS)
+    cut = store.cut()
+    assert cut is not None and cut.floor_us == T0_US  # nothing old enough to go
+    assert sorted(cut.by_symbol) == ["BTCUSDT", "ETHUSDT"]
+
+    store.add(make_trades("BTCUSDT", 101, 100))  # 300 rows > cap 250: the oldest goes
+    store.evict(T0_US + 1000 * MS)
+    assert store.rows == 200
+    cut = store.cut()
+    assert cut is not None and cut.floor_us == T0_US + 100 * MS + 1
+    assert "BTCUSDT" in cut.by_symbol
+
+    store.evict(T0_US + 200 * MS + 60_000 * MS + 1)  # everything is now out of the window
+    cut = store.cut()
+    assert cut is not None and cut.by_symbol == {}
+    assert cut.floor_us == T0_US + 200 * MS + 1
+
+    store.invalidate()  # the tail skipped records: no promise until a new floor
+    assert store.cut() is None
