@@ -532,6 +532,307 @@ def show_config() -> None:
     typer.echo(settings.model_dump_json(indent=2))
 
 
+# --- serving and querying (k2 serve, k2 query ..., k2 api-key) -----------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (K2_API__HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (K2_API__PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (K2_API__WORKERS).")] = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run the REST API (docs at /docs) over the lake and the live log tail.
+
+    Trades, quotes, bars, daily summaries, symbols, snapshots and SQL, as JSON, CSV,
+    Parquet or Arrow. /v1 needs an X-API-Key: configure keys hashed in K2_API__KEYS
+    (`k2 api-key NAME`). In the embedded mode a development key is made at start-up
+    and printed once (K2_API__DEV_KEY=false turns that off). Ctrl-C stops cleanly.
+    """
+    from k2.api.server import serve as run_serve
+
+    try:
+        settings = _settings(
+            log_format, log_level, api={"host": host, "port": port, "workers": workers}
+        )
+        run_serve(settings)
+    except KeyboardInterrupt:
+        pass
+    except K2Error as exc:
+        _fail(exc)
+
+
+@app.command("api-key")
+def api_key(
+    name: Annotated[str, typer.Argument(help="Name of the key holder (letters, digits, _.-).")],
+) -> None:
+    """Make a new random API key and print it with the K2_API__KEYS entry to configure.
+
+    K2 stores only the key's SHA-256: give the key to its holder and the entry to the
+    server (append to existing entries, comma separated). The key is shown only now.
+    """
+    from k2.api.auth import key_entry, new_key
+
+    key = new_key()
+    try:
+        entry = key_entry(name, key)
+    except K2Error as exc:
+        _fail(exc)
+        return
+    typer.echo(f"API key for {name} (send as X-API-Key; shown once, not stored):\n  {key}")
+    typer.echo(f"Configure the server with (append to existing entries):\n  K2_API__KEYS={entry}")
+
+
+query_app = typer.Typer(
+    help="Query the lake in-process (no server): trades, quotes, bars, summaries, SQL. "
+    "Readable tables by default; --format csv|json|parquet for machines.",
+    no_args_is_help=True,
+)
+app.add_typer(query_app, name="query")
+
+QSymbolOpt = Annotated[
+    str | None, typer.Option("--symbol", "-s", help="Comma-separated symbols, e.g. BTCUSDT.")
+]
+QExchangeOpt = Annotated[str | None, typer.Option(help="Exchange, e.g. binance.")]
+QStartOpt = Annotated[
+    str | None, typer.Option(help="Inclusive start, ISO-8601 with Z (2024-01-01T00:00:00Z).")
+]
+QEndOpt = Annotated[str | None, typer.Option(help="Exclusive end, ISO-8601 with Z.")]
+QLimitOpt = Annotated[int | None, typer.Option(help="Rows at most (query.default_limit).")]
+QOrderOpt = Annotated[str, typer.Option(help="asc or desc (by time).")]
+QAsOfOpt = Annotated[
+    str | None, typer.Option("--as-of", help="Lake snapshot id or ISO-8601 time to read as of.")
+]
+QCursorOpt = Annotated[str | None, typer.Option(help="Next page: the cursor a result printed.")]
+QLiveOpt = Annotated[
+    bool, typer.Option("--live/--lake-only", help="Also read records still in the log.")
+]
+QFormatOpt = Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet.")]
+QOutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to this file (needed for parquet).")
+]
+
+
+def _run_query(
+    live: bool, fmt: str, output: Path | None, ask: Any, *, json_data: Any = None
+) -> None:
+    """Open the engine, call ``ask(engine)`` → QueryResult, write it; errors exit 2."""
+    from k2.api.output import check_output, describe_meta, write_result
+    from k2.api.problems import ApiProblem
+    from k2.api.routes import meta_dict
+    from k2.api.server import open_runtime
+
+    try:
+        out_fmt = check_output(fmt, output)
+        settings = _settings(None, "WARNING")
+        runtime = open_runtime(settings, live=live, follow=False)
+        try:
+            result = ask(runtime.engine)
+        finally:
+            runtime.close()
+        if isinstance(result, tuple):  # (table, meta, json rows): snapshots
+            table, meta, json_data = result
+        else:
+            table, meta = result.table, meta_dict(result.meta, None)
+            meta.pop("request_id")
+        write_result(table, meta, out_fmt, output, json_data=json_data)
+    except K2Error as exc:
+        _fail(exc)
+        return
+    except ApiProblem as exc:
+        typer.secho(f"error: {exc.detail}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+    typer.echo(describe_meta(meta), err=True)
+
+
+@query_app.command("trades")
+def query_trades(
+    symbol: QSymbolOpt = None,
+    exchange: QExchangeOpt = None,
+    start: QStartOpt = None,
+    end: QEndOpt = None,
+    limit: QLimitOpt = None,
+    order: QOrderOpt = "asc",
+    as_of: QAsOfOpt = None,
+    cursor: QCursorOpt = None,
+    live: QLiveOpt = False,
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """Trades with start <= timestamp < end, by (time, exchange, symbol, trade id)."""
+    _run_query(
+        live,
+        fmt,
+        output,
+        lambda e: _window_query(
+            e.trades, symbol, exchange, start, end, limit, order, as_of, cursor
+        ),
+    )
+
+
+@query_app.command("quotes")
+def query_quotes(
+    symbol: QSymbolOpt = None,
+    exchange: QExchangeOpt = None,
+    start: QStartOpt = None,
+    end: QEndOpt = None,
+    limit: QLimitOpt = None,
+    order: QOrderOpt = "asc",
+    as_of: QAsOfOpt = None,
+    cursor: QCursorOpt = None,
+    live: QLiveOpt = False,
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """Best bid/ask updates with start <= timestamp < end."""
+    _run_query(
+        live,
+        fmt,
+        output,
+        lambda e: _window_query(
+            e.quotes, symbol, exchange, start, end, limit, order, as_of, cursor
+        ),
+    )
+
+
+def _window_query(
+    method: Any,
+    symbol: str | None,
+    exchange: str | None,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    order: str,
+    as_of: str | None,
+    cursor: str | None,
+) -> Any:
+    from k2.api.params import parse_as_of, parse_exchange, parse_symbols, parse_time
+    from k2.query.base import QueryError
+
+    if order not in ("asc", "desc"):
+        raise QueryError(f"--order {order!r}: use asc or desc")
+    return method(
+        parse_symbols(symbol),
+        start=parse_time("--start", start),
+        end=parse_time("--end", end),
+        exchange=parse_exchange(exchange),
+        limit=limit,
+        order=order,
+        as_of=parse_as_of(as_of),
+        cursor=cursor,
+    )
+
+
+@query_app.command("recent")
+def query_recent(
+    symbol: QSymbolOpt = None,
+    window_minutes: Annotated[int, typer.Option(help="Minutes back from now (1-1440).")] = 15,
+    limit: QLimitOpt = None,
+    live: QLiveOpt = True,
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """Trades of the last minutes, including records not yet in the lake."""
+    from k2.api.params import parse_symbols
+
+    _run_query(
+        live,
+        fmt,
+        output,
+        lambda e: e.recent_trades(
+            parse_symbols(symbol), window_minutes=window_minutes, limit=limit
+        ),
+    )
+
+
+@query_app.command("bars")
+def query_bars(
+    symbol: QSymbolOpt = None,
+    interval: Annotated[str, typer.Option(help="Bar length: 1m, 5m, 15m, 1h, 1d ...")] = "1m",
+    start: QStartOpt = None,
+    end: QEndOpt = None,
+    as_of: QAsOfOpt = None,
+    live: QLiveOpt = False,
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """OHLCV bars with VWAP, trade count and buy/sell volume (exact decimals)."""
+    from k2.api.params import parse_as_of, parse_symbols, parse_time
+
+    _run_query(
+        live,
+        fmt,
+        output,
+        lambda e: e.bars(
+            parse_symbols(symbol),
+            interval=interval,
+            start=parse_time("--start", start),
+            end=parse_time("--end", end),
+            as_of=parse_as_of(as_of),
+        ),
+    )
+
+
+@query_app.command("summary")
+def query_summary(
+    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. BTCUSDT.")],
+    date: Annotated[str | None, typer.Option(help="UTC day YYYY-MM-DD (default: latest).")] = None,
+    live: QLiveOpt = False,
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """One UTC day of a symbol: open, high, low, close, volume, VWAP, trades."""
+    from k2.api.params import parse_date, parse_symbol
+
+    _run_query(live, fmt, output, lambda e: e.summary(parse_symbol(symbol), day=parse_date(date)))
+
+
+@query_app.command("symbols")
+def query_symbols(
+    live: QLiveOpt = False, fmt: QFormatOpt = "table", output: QOutputOpt = None
+) -> None:
+    """Symbols in the lake: first/last trade time, trade and quote counts."""
+    _run_query(live, fmt, output, lambda e: e.symbols())
+
+
+@query_app.command("snapshots")
+def query_snapshots(
+    table: Annotated[str, typer.Option(help="trades or quotes.")] = "trades",
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """Lake snapshots of a table (ids for --as-of), oldest first."""
+    from k2.api.routes import iso_z, snapshots_table
+    from k2.query.base import QueryError
+
+    def ask(e: Any) -> Any:
+        if table not in ("trades", "quotes"):
+            raise QueryError(f"--table {table!r}: use trades or quotes")
+        infos = e.snapshots(table)
+        rows = [{**i.to_json_dict(), "committed_at": iso_z(i.committed_at)} for i in infos]
+        return (
+            snapshots_table(infos),
+            {"data_type": "snapshots", "table": table, "rows": len(infos)},
+            rows,
+        )
+
+    _run_query(False, fmt, output, ask)
+
+
+@query_app.command("sql")
+def query_sql(
+    query: Annotated[str, typer.Argument(help="One SELECT; '-' reads it from stdin.")],
+    max_rows: Annotated[int | None, typer.Option(help="Rows at most.")] = None,
+    live: QLiveOpt = False,
+    fmt: QFormatOpt = "table",
+    output: QOutputOpt = None,
+) -> None:
+    """Run one read-only SQL query over the tables trades, quotes (and reference_data)."""
+    text = sys.stdin.read() if query == "-" else query
+    _run_query(live, fmt, output, lambda e: e.sql(text, max_rows=max_rows))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
