@@ -57,7 +57,7 @@ def _engine(tmp_path: Path, tail: LiveTail) -> QueryEngine:
 
 def _tail(log: EmbeddedLog, tables: dict[str, Table], window_s: float) -> LiveTail:
     settings = QuerySettings(recent_window_s=window_s)
-    return LiveTail(log, LAYOUT, tables, settings=settings, data_types=("trades",),
+    return LiveTail(log, LAYOUT, tables, settings=settings,
                     wall_clock_us=lambda: NOW_US)  # fmt: skip
 
 
@@ -152,3 +152,28 @@ def test_store_eviction_and_the_row_cap_raise_the_floor() -> None:
 
     store.invalidate()  # the tail skipped records: no promise until a new floor
     assert store.cut() is None
+
+
+def test_quiet_symbols_are_answered_from_memory_and_typos_are_404(
+    tmp_path: Path, log: EmbeddedLog, tables: dict[str, Table]
+) -> None:
+    from k2.query.base import QueryError
+
+    feed = TradeFeed(log, TRADES, symbols=("BTCUSDT", "ETHUSDT"))
+    feed.produce(10)
+    commit(log, tables["trades"], TRADES, feed.ends)  # ETHUSDT trades only in the lake
+    tail = _tail(log, tables, 900)
+    tail.step()
+    feed.produce({"BTCUSDT": 5})
+    tail.step()
+    engine = _engine(tmp_path, tail)
+    cut = tail.view("trades").recent
+    assert cut is not None and "ETHUSDT" not in cut.by_symbol
+    quiet = engine.trades("ETHUSDT", start=_dt(cut.floor_us), end=_dt(NOW_US))
+    assert quiet.meta.extra.get("recent_window") is True and quiet.table.num_rows == 0
+    mixed = engine.trades(["ETHUSDT", "BTCUSDT"], start=_dt(cut.floor_us), end=_dt(NOW_US))
+    assert mixed.table.column("trade_id").to_pylist() == [11, 12, 13, 14, 15]
+    with pytest.raises(QueryError) as err:
+        engine.trades("BTCUSDX", start=_dt(cut.floor_us), end=_dt(NOW_US))
+    assert err.value.code == "unknown-symbol"
+    engine.close()

@@ -276,7 +276,7 @@ class QueryEngine:
         flt = RowFilter(data_type, syms, exch, start_us, end_us, after, direction)
         state, index, view = self._resolve(data_type, as_of)
         if view is not None and view.recent is not None and syms and after is None:
-            fast = self._recent_rows(view, flt, syms, n, direction, out_cols, index, t0)
+            fast = self._recent_rows(state, view, flt, syms, n, direction, out_cols, index, t0)
             if fast is not None:
                 return fast
         read = tuple(dict.fromkeys([*out_cols, *key_columns(data_type)]))
@@ -327,6 +327,7 @@ class QueryEngine:
 
     def _recent_rows(
         self,
+        state: LakeState,
         view: TailView,
         flt: RowFilter,
         syms: tuple[str, ...],
@@ -341,11 +342,17 @@ class QueryEngine:
         cut = view.recent
         if cut is None or flt.start_us is None:
             return None
-        found = recent_mod.answer(cut, syms, flt.start_us, flt.end_us, flt.exchange)
+        found = recent_mod.answer(
+            cut, syms, flt.start_us, flt.end_us, flt.exchange, SCHEMAS[flt.data_type]
+        )
         if found is None:
             return None
         rows = sort_rows(found, flt.data_type, direction)
         page = rows.slice(0, n)
+        quiet = tuple(s for s in syms if s not in cut.by_symbol)
+        if quiet:  # no recent rows: a real but quiet symbol, or a typo (404)
+            conn = self._conn()
+            self._require_known(conn, state, flt.data_type, index, view, quiet, page)
         meta = QueryMeta(
             data_type=flt.data_type,
             start=_us_to_utc(flt.start_us),

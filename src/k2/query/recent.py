@@ -147,18 +147,23 @@ def answer(
     start_us: int,
     end_us: int | None,
     exchange: str | None,
+    schema: pa.Schema,
 ) -> pa.Table | None:
-    """Every row of ``symbols`` with ``start_us <= timestamp < end_us`` from ``cut``
+    """Every row (``schema``) of ``symbols`` with ``start_us <= timestamp < end_us`` from ``cut``
     alone, each message once (unordered); ``None`` when the cut cannot answer: the window
-    starts below the floor, a symbol has no rows in it (unknown symbols are for the
-    engine to judge), or the log held a message twice (the engine's merge handles that).
+    starts below the floor, or the log held a message twice (the engine's merge handles
+    that). A symbol with no rows in the cut has none in the window (whether it exists at
+    all is for the engine to judge).
     """
-    if start_us < cut.floor_us or any(s not in cut.by_symbol for s in symbols):
+    present = [s for s in symbols if s in cut.by_symbol]
+    if start_us < cut.floor_us:
         return None
+    if not present:
+        return schema.empty_table()
     lo = pa.scalar(start_us, _TS)
     hi = pa.scalar(end_us, _TS) if end_us is not None else None
     parts = []
-    for symbol in symbols:
+    for symbol in present:
         rows = cut.by_symbol[symbol]
         ts = rows.column("timestamp")
         mask = pc.greater_equal(ts, lo)
