@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from benchmarks import (
     bench_decode,
     bench_log_embedded,
     bench_log_kafka,
+    bench_query,
     bench_sink,
 )
 from benchmarks.harness import Result, render
+from benchmarks.query_data import DEFAULT_TRADES
 from k2.ops.log import configure_logging
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -26,7 +29,10 @@ BENCHMARKS: dict[str, Callable[[int], list[Result]]] = {
     "log-kafka": bench_log_kafka.run,
     "sink": bench_sink.run,
     "backfill": bench_backfill.run,
+    "query": bench_query.run,
 }
+#: Groups whose results block has its own layout (name → render(results, command)).
+RENDERERS: dict[str, Callable[[list[Result], str], str]] = {"query": bench_query.render}
 
 
 def main() -> None:
@@ -36,12 +42,23 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=sorted(BENCHMARKS), action="append", help="run only these (repeatable)"
     )
+    parser.add_argument(
+        "--trades",
+        type=int,
+        help="query: trades in the synthetic table (default: K2_BENCH_QUERY_TRADES or "
+        f"100,000,000; {bench_query.QUICK_TRADES:,} makes a quick run)",
+    )
     args = parser.parse_args()
     configure_logging("console", "ERROR")
+    if args.trades is not None:
+        BENCHMARKS["query"] = functools.partial(bench_query.run, trades=args.trades)
     text = BENCHMARKS_MD.read_text()
     for name in args.only or BENCHMARKS:
         results = BENCHMARKS[name](args.runs)
-        table = render(results, f"python -m benchmarks.run --only {name} --runs {args.runs}")
+        command = f"python -m benchmarks.run --only {name} --runs {args.runs}"
+        if name == "query" and (args.trades or bench_query.trades_setting()) != DEFAULT_TRADES:
+            command += f" --trades {args.trades or bench_query.trades_setting()}"
+        table = RENDERERS.get(name, render)(results, command)
         print(f"## {name}\n{table}")
         start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
         if start not in text:
