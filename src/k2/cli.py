@@ -828,7 +828,7 @@ def query_sql(
     fmt: QFormatOpt = "table",
     output: QOutputOpt = None,
 ) -> None:
-    """Run one read-only SQL query over the tables trades, quotes (and reference_data)."""
+    """Run one read-only SELECT over the views trades, quotes and bars_1m (sandboxed)."""
     text = sys.stdin.read() if query == "-" else query
     _run_query(live, fmt, output, lambda e: e.sql(text, max_rows=max_rows))
 
