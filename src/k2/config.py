@@ -207,6 +207,12 @@ class ApiSettings(BaseModel):
     rate_limit_per_s: float = Field(100.0, gt=0, description="requests per second per key")
     rate_limit_burst: int = Field(200, ge=1, description="burst allowance per key")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    threads: int = Field(
+        4,
+        ge=1,
+        description="threads per worker that run queries (Starlette's default is 40; "
+        "fewer contend less for the GIL, more let slow queries overlap)",
+    )
 
     @field_validator("keys", mode="before")
     @classmethod

@@ -14,8 +14,8 @@ unexpected as 500 with the request id (logged; :mod:`k2.api.middleware`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, Security
@@ -98,7 +98,7 @@ def create_app(
         description="Trades, quotes, bars and SQL over K2's Iceberg lake and the live log "
         "tail. Decimals are exact strings, timestamps ISO-8601 UTC with Z. Errors are "
         "application/problem+json. /v1 needs an X-API-Key header.",
-        lifespan=lifespan,
+        lifespan=_with_thread_limit(settings.api.threads, lifespan),
     )
     app.add_middleware(ApiMiddleware, metrics=metrics)
     _install_error_handlers(app)
@@ -124,6 +124,30 @@ def create_app(
     app.state.metrics = metrics
     app.state.limiter = limiter
     return app
+
+
+def _with_thread_limit(
+    threads: int, lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """``lifespan``, first setting how many threads run the (sync) query endpoints.
+
+    Starlette's default is 40; under load they take turns at the GIL around every
+    small Arrow call. Measured on 2 cores, /v1/trades/recent with 16 connections:
+    312 requests/s with 40 threads, 342 with 4, 408 with 2 (noisy, same order).
+    """
+
+    @asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        if lifespan is None:
+            yield
+            return
+        async with lifespan(app):
+            yield
+
+    return run
 
 
 def _problem_response(
