@@ -57,7 +57,8 @@ def _engine(tmp_path: Path, tail: LiveTail) -> QueryEngine:
 
 def _tail(log: EmbeddedLog, tables: dict[str, Table], window_s: float) -> LiveTail:
     settings = QuerySettings(recent_window_s=window_s)
-    return LiveTail(log, LAYOUT, tables, settings=settings,
+    # Trades only: an unknown-symbol check must not need the quotes tail.
+    return LiveTail(log, LAYOUT, tables, settings=settings, data_types=("trades",),
                     wall_clock_us=lambda: NOW_US)  # fmt: skip
 
 

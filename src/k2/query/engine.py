@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.config import QuerySettings, Settings
-from k2.errors import TerminalError, TransientError
+from k2.errors import K2Error, TerminalError, TransientError
 from k2.lake.snapshots import SnapshotInfo
 from k2.lake.tables import NAMESPACE
 from k2.ops.log import get_logger
@@ -532,7 +532,10 @@ class QueryEngine:
         indexes = [index, self._lake.index(state, other, state.current(other))]
         tails = [] if view is None or self._tail is None else [view.rows]
         if tails and self._tail is not None:
-            tails.append(self._tail.view(other).rows)
+            # Extra evidence only: a tail that does not follow the other data type (or
+            # cannot show it yet) leaves the lake to decide.
+            with suppress(K2Error):
+                tails.append(self._tail.view(other).rows)
         with _translated():
             unknown = self._book.unknown(conn, doubtful, indexes, tails)
         if unknown:
