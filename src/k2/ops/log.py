@@ -37,9 +37,16 @@ def configure_logging(fmt: LogFormat = "console", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # sys.stderr as it is when a line is written, not when logging was configured:
+        # a CLI run inside a test harness (or a redirected stream) may close the
+        # stream it started with.
+        logger_factory=_current_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+def _current_stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
 
 
 def get_logger(name: str) -> Any:
