@@ -1,4 +1,5 @@
-"""Query engine fixtures: a tmp_path lake, engines that close themselves, the S3 server."""
+"""Query fixtures: a tmp_path lake, engines that close themselves, the S3 server, and
+the embedded log and tables the live-tail tests share."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from k2.config import LakeSettings, QuerySettings
 from k2.lake.catalog import catalog_from
 from k2.lake.tables import ensure_tables
+from k2.log.embedded import EmbeddedLog
 from k2.query.engine import QueryEngine
 from tests.lake.conftest import s3_endpoint  # noqa: F401 (the session's moto server)
+from tests.query.tail_testkit import TAIL_LAYOUT
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -61,3 +64,19 @@ def make_engine(lake: Lake) -> Iterator[EngineFactory]:
     yield make
     for engine in engines:
         engine.close()
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
+    """An embedded log in ``tmp_path`` with :data:`TAIL_LAYOUT`'s topics."""
+    handle = EmbeddedLog(tmp_path / "log", durability="normal")
+    for spec in TAIL_LAYOUT.specs():
+        handle.create_topic(spec)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> dict[str, Table]:
+    """K2's tables in a SQLite-catalog lake at ``tmp_path / "data"``."""
+    return ensure_tables(catalog_from(LakeSettings(), tmp_path / "data"))

@@ -13,11 +13,15 @@ import pyarrow.compute as pc
 from k2.lake.sink_offsets import encode_offsets, lake_offsets, offsets_key
 from k2.lake.tables import TABLE_DEFS, sort_for
 from k2.log.base import Log, Produced, TopicPartition
+from k2.log.topics import TopicLayout
 from k2.query.base import TailView
 from k2.records import TRADE
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
+
+#: The topics the live-tail tests use (few partitions, so every one gets records).
+TAIL_LAYOUT = TopicLayout(trade_partitions=3, quote_partitions=2)
 
 #: 2024-01-01T00:00:00Z in µs.
 T0_US = 1_704_067_200_000_000

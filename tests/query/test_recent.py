@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,18 +10,16 @@ import pytest
 
 from k2.config import LakeSettings, QuerySettings
 from k2.lake.catalog import catalog_from
-from k2.lake.tables import ensure_tables
 from k2.log.embedded import EmbeddedLog
-from k2.log.topics import TopicLayout
 from k2.query.engine import QueryEngine
 from k2.query.recent import RecentStore
 from k2.query.tail import LiveTail
-from tests.query.tail_testkit import T0_US, TradeFeed, commit, make_trades
+from tests.query.tail_testkit import T0_US, TAIL_LAYOUT, TradeFeed, commit, make_trades
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
 
-LAYOUT = TopicLayout(trade_partitions=3, quote_partitions=2)
+LAYOUT = TAIL_LAYOUT
 TRADES = LAYOUT.data_topic("trade")
 MS = 1000
 NOW_US = T0_US + 10 * 60 * 1_000_000  # ten minutes after the first trade
@@ -30,20 +27,6 @@ NOW_US = T0_US + 10 * 60 * 1_000_000  # ten minutes after the first trade
 
 def _dt(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
-    handle = EmbeddedLog(tmp_path / "log", durability="normal")
-    for spec in LAYOUT.specs():
-        handle.create_topic(spec)
-    yield handle
-    handle.close()
-
-
-@pytest.fixture
-def tables(tmp_path: Path) -> dict[str, Table]:
-    return ensure_tables(catalog_from(LakeSettings(), tmp_path / "data"))
 
 
 def _engine(tmp_path: Path, tail: LiveTail) -> QueryEngine:

@@ -32,6 +32,7 @@ from k2.sources.binance.parse import FrameParser
 from tests.captures import HFT_QUOTES, HFT_TRADES, hft_frames
 from tests.log.tansu import tansu  # noqa: F401 (the session's broker fixture)
 from tests.query.tail_testkit import (
+    TAIL_LAYOUT,
     TradeFeed,
     check_union,
     commit,
@@ -43,23 +44,9 @@ from tests.query.tail_testkit import (
 if TYPE_CHECKING:
     from pyiceberg.table import Table
 
-LAYOUT = TopicLayout(trade_partitions=3, quote_partitions=2)
+LAYOUT = TAIL_LAYOUT
 TRADES = LAYOUT.data_topic("trade")
 QUOTES = LAYOUT.data_topic("quote")
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
-    handle = EmbeddedLog(tmp_path / "log", durability="normal")
-    for spec in LAYOUT.specs():
-        handle.create_topic(spec)
-    yield handle
-    handle.close()
-
-
-@pytest.fixture
-def tables(tmp_path: Path) -> dict[str, Table]:
-    return ensure_tables(catalog_from(LakeSettings(), tmp_path / "data"))
 
 
 @pytest.fixture
