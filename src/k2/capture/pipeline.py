@@ -10,7 +10,7 @@ exchange's history (a dropped frame at the very end leaves no id gap to notice).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -70,7 +70,11 @@ class CapturePipeline:
         options: CaptureOptions | None = None,
         *,
         clock_us: Callable[[], int] = utc_now_us,
+        resume: Mapping[str, int] | None = None,
     ) -> None:
+        """``resume``: symbol → the highest trade id already delivered by an earlier
+        run (see :mod:`k2.capture.resume`); those trades count as duplicates and the
+        first trade received after them opens a gap that the repair fills."""
         self._source = source
         self._out = output
         self._opts = options or CaptureOptions()
@@ -90,6 +94,10 @@ class CapturePipeline:
         self._repairer = GapRepairer(
             source.fetch_trades, max_attempts=self._opts.repair_attempts, clock_us=clock_us
         )
+        for symbol, last_id in (resume or {}).items():
+            instrument = (source.exchange, symbol)
+            self._gaps.seed(instrument, last_id)
+            self._dedup_trades.seed(instrument, last_id)
         self._repairs: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._stopped_at_us: int | None = None

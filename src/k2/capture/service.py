@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from k2.capture.log_output import LogOutput
 from k2.capture.ndjson import NdjsonWriter
 from k2.capture.output import CaptureOutput
 from k2.capture.pipeline import CaptureOptions, CapturePipeline, CaptureStats
+from k2.capture.resume import last_trade_ids
 from k2.config import Settings
 from k2.log.factory import open_log, topic_layout
 from k2.ops.log import get_logger
@@ -90,10 +92,13 @@ async def ingest(
     dead-letter topics, gaps to the gaps topic. Stops as :func:`capture` does."""
     log = open_log(settings)
     try:
-        output = LogOutput(log, topic_layout(settings))
+        layout = topic_layout(settings)
+        resume = await asyncio.to_thread(last_trade_ids, log, layout, settings.capture.symbols)
+        output = LogOutput(log, layout)
         return await run(
-            settings, output, max_seconds=max_seconds, stop=stop, handle_signals=handle_signals
-        )
+            settings, output, max_seconds=max_seconds, stop=stop,
+            handle_signals=handle_signals, resume=resume,
+        )  # fmt: skip
     finally:
         log.close()
 
@@ -105,12 +110,14 @@ async def run(
     max_seconds: float | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    resume: Mapping[str, int] | None = None,
 ) -> CaptureResult:
-    """Run the capture pipeline from the configured source into ``output``."""
+    """Run the capture pipeline from the configured source into ``output``, resuming
+    after ``resume``'s trade ids (symbol → last id already delivered) if given."""
     loop = asyncio.get_running_loop()
     source = source_from(settings)
     started = loop.time()
-    pipeline = CapturePipeline(source, output, options_from(settings))
+    pipeline = CapturePipeline(source, output, options_from(settings), resume=resume)
     installed: list[signal.Signals] = []
     if handle_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -191,6 +191,18 @@ class Deduplicator:
         kept_raw = None if raw is None else [raw[i] for i in keep.to_pylist()]
         return batch.take(keep), kept_raw, duplicates
 
+    def seed(self, instrument: Instrument, last_id: int) -> None:
+        """Treat every id of ``instrument`` up to ``last_id`` as seen (a restarted
+        capture: what the log already holds), as one run touched now. Ignored once the
+        instrument has state of its own."""
+        if self._runs.get(instrument) is not None:
+            return
+        runs = self._runs[instrument] = _Runs()
+        runs.starts.append(-(2**63))
+        runs.ends.append(last_id)
+        runs.touched.append(self._clock_us())
+        self._intervals += 1
+
     def stats(self) -> DedupStats:
         """A snapshot of the counters."""
         return DedupStats(

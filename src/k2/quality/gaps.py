@@ -160,6 +160,13 @@ class GapDetector:
                 now = self._clock_us()
             self._observe_any(track, group_ids, now)
 
+    def seed(self, instrument: Instrument, last_id: int) -> None:
+        """Start ``instrument`` after ``last_id`` (a restarted capture: the highest id
+        the log already holds), so the first id received above ``last_id + 1`` opens a
+        gap instead of setting the baseline. Ignored once the instrument has been seen."""
+        if instrument not in self._tracks:
+            self._tracks[instrument] = _Track(last_id)
+
     def due(self, *, force: bool = False) -> list[GapRange]:
         """Hand over the pending runs whose grace has passed, oldest first.
 
