@@ -234,6 +234,33 @@ class ApiSettings(BaseModel):
         return v
 
 
+class OpsSettings(BaseModel):
+    """``k2 up``: supervision of the stages, their status files and metrics ports."""
+
+    run_dir: Path | None = Field(
+        None, description="status files and locks of running stages (default data_dir/run)"
+    )
+    status_interval_s: float = Field(1.0, gt=0, description="how often stages write status")
+    metrics_host: str = Field("127.0.0.1", description="ingest/sink metrics: listen address")
+    ingest_metrics_port: int = Field(
+        9101, ge=0, le=65535, description="k2 ingest: /metrics port (0: any free port)"
+    )
+    sink_metrics_port: int = Field(
+        9102, ge=0, le=65535, description="k2 sink: /metrics port (0: any free port)"
+    )
+    restart_initial_s: float = Field(1.0, gt=0, description="first restart delay of a stage")
+    restart_max_s: float = Field(30.0, gt=0, description="longest restart delay of a stage")
+    stop_timeout_s: float = Field(
+        30.0, gt=0, description="how long a stage may take to stop before it is killed"
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on stop: how long the sink may take to commit the log's rest"
+    )
+    exchange_warn_after_s: float = Field(
+        10.0, gt=0, description="say the exchange is unreachable after this long"
+    )
+
+
 class LoggingSettings(BaseModel):
     format: Literal["json", "console"] = "console"
     level: str = "INFO"
@@ -259,6 +286,7 @@ class Settings(BaseSettings):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod

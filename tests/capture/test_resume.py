@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pyarrow as pa
+
 from k2.capture.log_output import LogOutput
 from k2.capture.pipeline import CaptureOptions, CapturePipeline
 from k2.capture.resume import last_trade_ids
 from k2.log.embedded import EmbeddedLog
 from k2.log.topics import TopicLayout
+from k2.records import TRADE
 from k2.simulator import FaultConfig, SimulatorConfig, SimulatorServer
 from k2.sources.binance.source import BinanceSource
 from tests.capture.test_ingest import read_topic
@@ -60,7 +63,9 @@ async def test_restarts_leave_every_trade_once(tmp_path: Path) -> None:
             assert set(held) == set(SYMBOLS), f"run {run}: {held}"
             # The exchange keeps trading while K2 is down.
             await _until(
-                lambda h=held: all((sim.trades.last_id(s) or 0) > h[s] + 100 for s in SYMBOLS),
+                lambda h=held: all(
+                    (sim.trades.last_id(s) or 0) > h[s].last_id + 100 for s in SYMBOLS
+                ),
                 "the simulator to print trades during the outage",
             )
     rows = [r for _, _, r in read_topic(log, LAYOUT.data_topic("trade"))]
@@ -69,5 +74,36 @@ async def test_restarts_leave_every_trade_once(tmp_path: Path) -> None:
         assert len(ids) == len(set(ids)), f"{symbol}: duplicated trades"
         assert ids == list(range(ids[0], ids[-1] + 1)), f"{symbol}: trades missing"
         # The outages (between runs) were filled: the log spans all three runs.
-        assert ids[-1] >= held[symbol]
+        assert ids[-1] >= held[symbol].last_id
     log.close()
+
+
+async def test_a_hole_left_by_a_killed_capture_is_repaired_on_resume(tmp_path: Path) -> None:
+    """A capture killed while a gap was in its grace period leaves a hole below its last
+    trade; the resumed capture must repair it, not skip it."""
+    config = SimulatorConfig(port=0, rate=3000.0, seed=8)
+    first, second = EmbeddedLog(tmp_path / "a"), EmbeddedLog(tmp_path / "b")
+    async with SimulatorServer(config) as sim:
+        await _capture_until(sim, first, 400)
+        # The second log gets the first one's trades minus a run of BTCUSDT ids.
+        rows = [r for _, _, r in read_topic(first, LAYOUT.data_topic("trade"))]
+        btc = sorted(int(r["trade_id"]) for r in rows if r["symbol"] == "BTCUSDT")  # type: ignore[call-overload]
+        cut = set(btc[len(btc) // 3 : len(btc) // 3 + 25])
+        kept = [r for r in rows if not (r["symbol"] == "BTCUSDT" and r["trade_id"] in cut)]
+        LogOutput(second, LAYOUT)
+        second.produce(
+            LAYOUT.data_topic("trade"), pa.RecordBatch.from_pylist(kept, TRADE.arrow_schema())
+        )
+        point = last_trade_ids(second, LAYOUT, SYMBOLS)["BTCUSDT"]
+        assert point.holes == [(min(cut), max(cut))]
+        assert point.last_id == btc[-1]
+        await _capture_until(sim, second, 200)
+    ids = sorted(
+        int(r["trade_id"])  # type: ignore[call-overload]
+        for _, _, r in read_topic(second, LAYOUT.data_topic("trade"))
+        if r["symbol"] == "BTCUSDT"
+    )
+    assert cut <= set(ids), "the hole was not repaired"
+    assert len(ids) == len(set(ids)) and ids == list(range(ids[0], ids[-1] + 1))
+    first.close()
+    second.close()

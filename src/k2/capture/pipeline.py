@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from k2.capture.output import CaptureOutput, OutputBatch
+from k2.capture.resume import ResumePoint
 from k2.ops.clock import utc_now_us
 from k2.ops.log import bind_correlation, get_logger, new_correlation_id
 from k2.quality.dedup import Deduplicator
@@ -70,11 +71,11 @@ class CapturePipeline:
         options: CaptureOptions | None = None,
         *,
         clock_us: Callable[[], int] = utc_now_us,
-        resume: Mapping[str, int] | None = None,
+        resume: Mapping[str, ResumePoint] | None = None,
     ) -> None:
-        """``resume``: symbol → the highest trade id already delivered by an earlier
-        run (see :mod:`k2.capture.resume`); those trades count as duplicates and the
-        first trade received after them opens a gap that the repair fills."""
+        """``resume``: symbol → what an earlier run already delivered (see
+        :mod:`k2.capture.resume`); those trades count as duplicates, the holes it left
+        and the first trade received after it open gaps that the repair fills."""
         self._source = source
         self._out = output
         self._opts = options or CaptureOptions()
@@ -94,10 +95,10 @@ class CapturePipeline:
         self._repairer = GapRepairer(
             source.fetch_trades, max_attempts=self._opts.repair_attempts, clock_us=clock_us
         )
-        for symbol, last_id in (resume or {}).items():
+        for symbol, point in (resume or {}).items():
             instrument = (source.exchange, symbol)
-            self._gaps.seed(instrument, last_id)
-            self._dedup_trades.seed(instrument, last_id)
+            self._gaps.seed(instrument, point.last_id, point.holes)
+            self._dedup_trades.seed(instrument, point.runs)
         self._repairs: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._stopped_at_us: int | None = None

@@ -18,10 +18,12 @@ from k2.capture.log_output import LogOutput
 from k2.capture.ndjson import NdjsonWriter
 from k2.capture.output import CaptureOutput
 from k2.capture.pipeline import CaptureOptions, CapturePipeline, CaptureStats
-from k2.capture.resume import last_trade_ids
+from k2.capture.resume import ResumePoint, last_trade_ids
 from k2.config import Settings
 from k2.log.factory import open_log, topic_layout
+from k2.ops.locks import StageLock
 from k2.ops.log import get_logger
+from k2.ops.status_files import run_dir, status_path, write_status
 from k2.sources.binance.source import BinanceSource
 
 log = get_logger(__name__)
@@ -89,7 +91,16 @@ async def ingest(
     handle_signals: bool = True,
 ) -> CaptureResult:
     """Capture into the log of ``settings.log``: records to their topics, rejects to the
-    dead-letter topics, gaps to the gaps topic. Stops as :func:`capture` does."""
+    dead-letter topics, gaps to the gaps topic. Stops as :func:`capture` does.
+
+    With the embedded log, one ingest at a time may write it (a lock in the run
+    directory; a successor waits for its predecessor to stop). The ingest resumes
+    after the last trade per symbol the log holds, and writes its status for
+    ``k2 status`` every ``ops.status_interval_s``.
+    """
+    lock = StageLock(run_dir(settings) / "ingest.lock")
+    if settings.log.backend == "embedded":
+        await lock.acquire(timeout_s=settings.ops.stop_timeout_s * 2)
     log = open_log(settings)
     try:
         layout = topic_layout(settings)
@@ -98,9 +109,11 @@ async def ingest(
         return await run(
             settings, output, max_seconds=max_seconds, stop=stop,
             handle_signals=handle_signals, resume=resume,
+            status=status_path(settings, "ingest"),
         )  # fmt: skip
     finally:
         log.close()
+        lock.release()
 
 
 async def run(
@@ -110,10 +123,11 @@ async def run(
     max_seconds: float | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
-    resume: Mapping[str, int] | None = None,
+    resume: Mapping[str, ResumePoint] | None = None,
+    status: Path | None = None,
 ) -> CaptureResult:
     """Run the capture pipeline from the configured source into ``output``, resuming
-    after ``resume``'s trade ids (symbol → last id already delivered) if given."""
+    after what ``resume`` says was delivered (symbol → :class:`ResumePoint`) if given."""
     loop = asyncio.get_running_loop()
     source = source_from(settings)
     started = loop.time()
@@ -125,19 +139,57 @@ async def run(
                 loop.add_signal_handler(sig, pipeline.request_stop)
                 installed.append(sig)
     watcher = asyncio.create_task(_forward(stop, pipeline)) if stop is not None else None
+    reporter = (
+        asyncio.create_task(_report(status, settings, source, pipeline))
+        if status is not None
+        else None
+    )
     try:
         stats = await pipeline.run(max_seconds=max_seconds)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-        if watcher is not None:
-            watcher.cancel()
+        for task in (watcher, reporter):
+            if task is not None:
+                task.cancel()
+        if status is not None:
+            _write_ingest_status(status, settings, source, pipeline, "stopped")
     stream = source.stream
     return CaptureResult(
         stats=stats,
         stream=asdict(stream.stats) if stream is not None else {},
         seconds=loop.time() - started,
     )
+
+
+def _write_ingest_status(
+    path: Path, settings: Settings, source: BinanceSource, pipeline: CapturePipeline, phase: str
+) -> None:
+    stream = source.stream
+    write_status(
+        path,
+        {
+            "stage": "ingest",
+            "phase": phase if stream is not None or phase == "stopped" else "connecting",
+            "exchange": source.exchange,
+            "ws_url": settings.binance.ws_url,
+            "connections": stream.connections if stream is not None else 0,
+            "stream": asdict(stream.stats) if stream is not None else {},
+            "stats": pipeline.stats.as_dict(),
+        },
+    )
+
+
+async def _report(
+    path: Path, settings: Settings, source: BinanceSource, pipeline: CapturePipeline
+) -> None:
+    """Rewrite the ingest's status file every ``ops.status_interval_s``."""
+    while True:
+        try:
+            _write_ingest_status(path, settings, source, pipeline, "streaming")
+        except OSError as exc:  # a full disk must not stop the capture; say so
+            log.warning("cannot write the status file", path=str(path), error=str(exc))
+        await asyncio.sleep(settings.ops.status_interval_s)  # a periodic report
 
 
 async def _forward(stop: asyncio.Event, pipeline: CapturePipeline) -> None:

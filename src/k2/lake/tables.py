@@ -41,7 +41,6 @@ many files), so the limits mainly shape compaction's output, where they matter.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -157,8 +156,15 @@ def ensure_tables(catalog: Catalog, namespace: str = NAMESPACE) -> dict[str, Tab
     """
     from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
 
-    with suppress(NamespaceAlreadyExistsError):  # a concurrent creator won the race
+    try:
         catalog.create_namespace_if_not_exists(namespace)
+    except NamespaceAlreadyExistsError:
+        pass  # a concurrent creator won the race
+    except Exception:
+        # The SQL catalog reports the same race as an integrity error of its own
+        # tables; it is only a race if the namespace is there now.
+        if (namespace,) not in {tuple(n) for n in catalog.list_namespaces()}:
+            raise
     tables: dict[str, Table] = {}
     for name, table_def in TABLE_DEFS.items():
         identifier = table_def.identifier(namespace)
@@ -174,6 +180,10 @@ def ensure_tables(catalog: Catalog, namespace: str = NAMESPACE) -> dict[str, Tab
                 properties=WRITE_PROPERTIES,
             )
         except TableAlreadyExistsError:
+            tables[name] = catalog.load_table(identifier)
+        except Exception:
+            if not catalog.table_exists(identifier):  # not the race (see above): a real error
+                raise
             tables[name] = catalog.load_table(identifier)
     return tables
 

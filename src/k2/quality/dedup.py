@@ -17,7 +17,7 @@ common path; all per-row work is done by ``pyarrow.compute`` kernels.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -191,17 +191,20 @@ class Deduplicator:
         kept_raw = None if raw is None else [raw[i] for i in keep.to_pylist()]
         return batch.take(keep), kept_raw, duplicates
 
-    def seed(self, instrument: Instrument, last_id: int) -> None:
-        """Treat every id of ``instrument`` up to ``last_id`` as seen (a restarted
-        capture: what the log already holds), as one run touched now. Ignored once the
-        instrument has state of its own."""
-        if self._runs.get(instrument) is not None:
+    def seed(self, instrument: Instrument, runs: Sequence[tuple[int, int]]) -> None:
+        """Mark ``instrument``'s ids in ``runs`` as seen (a restarted capture: what the
+        log already holds; ascending, disjoint ``(first, last)``; the first run is taken
+        to reach down to every lower id), touched now. Ignored once the instrument has
+        state of its own, or if ``runs`` is empty."""
+        if self._runs.get(instrument) is not None or not runs:
             return
-        runs = self._runs[instrument] = _Runs()
-        runs.starts.append(-(2**63))
-        runs.ends.append(last_id)
-        runs.touched.append(self._clock_us())
-        self._intervals += 1
+        held = self._runs[instrument] = _Runs()
+        now = self._clock_us()
+        for i, (first, last) in enumerate(runs):
+            held.starts.append(-(2**63) if i == 0 else first)
+            held.ends.append(last)
+            held.touched.append(now)
+        self._intervals += len(runs)
 
     def stats(self) -> DedupStats:
         """A snapshot of the counters."""

@@ -28,7 +28,7 @@ arrives after the hand-over is likewise stale (dedup drops whichever copy is sec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,12 +160,21 @@ class GapDetector:
                 now = self._clock_us()
             self._observe_any(track, group_ids, now)
 
-    def seed(self, instrument: Instrument, last_id: int) -> None:
+    def seed(
+        self, instrument: Instrument, last_id: int, holes: Sequence[tuple[int, int]] = ()
+    ) -> None:
         """Start ``instrument`` after ``last_id`` (a restarted capture: the highest id
         the log already holds), so the first id received above ``last_id + 1`` opens a
-        gap instead of setting the baseline. Ignored once the instrument has been seen."""
-        if instrument not in self._tracks:
-            self._tracks[instrument] = _Track(last_id)
+        gap instead of setting the baseline. ``holes``, ``(first, last)`` ranges below
+        ``last_id`` that the log lacks, become pending gaps detected now. Ignored once
+        the instrument has been seen."""
+        if instrument in self._tracks:
+            return
+        track = self._tracks[instrument] = _Track(last_id)
+        if holes:
+            now = self._clock_us()
+            track.pending = [[first, last, now] for first, last in sorted(holes)]
+            self._opened += len(holes)
 
     def due(self, *, force: bool = False) -> list[GapRange]:
         """Hand over the pending runs whose grace has passed, oldest first.

@@ -213,6 +213,10 @@ class SimulatorConfig:
     - ``ping_interval_s``/``pong_timeout_s``, ``max_control_per_s``, ``max_streams``:
       Binance's WebSocket limits.
     - ``send_batch``: most frames written to a socket before awaiting its drain.
+    - ``continue_ids``: synthetic only; number trades and quote updates from the wall
+      clock, so a restarted simulator never reuses an id an earlier run printed
+      (``k2 up --simulate`` restarts it with the platform). Its REST history still
+      starts at its own start: trades "printed" while it was down are not served.
     """
 
     host: str = "127.0.0.1"
@@ -233,6 +237,7 @@ class SimulatorConfig:
     max_control_per_s: int = 5
     max_streams: int = 1024
     send_batch: int = 2048
+    continue_ids: bool = False
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:

@@ -142,6 +142,10 @@ class _Book:
         return text
 
 
+#: 2026-01-01T00:00:00Z: where ``continue_ids`` starts counting.
+CONTINUE_IDS_EPOCH_US = 1_767_225_600_000_000
+
+
 class SyntheticMarket:
     """Generates the synthetic market onto a tape and a trade history.
 
@@ -170,7 +174,14 @@ class SyntheticMarket:
                 rate = config.rate * spec.trade_rate / total_trade_rate
             else:
                 rate = spec.trade_rate * (1.0 + config.quote_ratio)
-            books.append(_Book(spec, rate, self._rng))
+            book = _Book(spec, rate, self._rng)
+            if config.continue_ids:
+                # Ids grow with the wall clock (at most 10,000 per second per symbol
+                # between runs), so a restarted simulator continues above any id an
+                # earlier run printed, as a real exchange does across K2's restarts.
+                book.next_trade_id += max(0, start_us - CONTINUE_IDS_EPOCH_US) // 100
+                book.next_update_id += max(0, start_us - CONTINUE_IDS_EPOCH_US) // 100
+            books.append(book)
         self._books = books
         self._last_us = start_us
 
