@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 from k2.errors import ConfigError
+from k2.ops.breaker import BreakerSettings
+from k2.ops.degradation import DegradationSettings
 
 DataType = Literal["trade", "quote"]
 
@@ -287,6 +289,8 @@ class Settings(BaseSettings):
     query: QuerySettings = Field(default_factory=QuerySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
+    degradation: DegradationSettings = Field(default_factory=DegradationSettings)
+    breakers: BreakerSettings = Field(default_factory=BreakerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod

@@ -87,7 +87,7 @@ def test_k2_up_restarts_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> No
             "0.005",
             "--duplicate",
             "0.005",
-        ],  # fmt: skip
+        ],
         env=base,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

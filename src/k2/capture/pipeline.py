@@ -16,9 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from k2.capture.governor import Governor
 from k2.capture.output import CaptureOutput, OutputBatch
 from k2.capture.resume import ResumePoint
 from k2.ops.clock import utc_now_us
+from k2.ops.degradation import ShedRange
 from k2.ops.log import bind_correlation, get_logger, new_correlation_id
 from k2.quality.dedup import Deduplicator
 from k2.quality.gaps import GapDetector, GapRange, GapRepairer
@@ -44,6 +46,9 @@ class CaptureStats:
     trades_repaired: int = 0
     trades_after_tail: int = 0
     server_shutdowns: int = 0
+    trades_shed: int = 0
+    quotes_shed: int = 0
+    trades_backfilled: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,10 +77,14 @@ class CapturePipeline:
         *,
         clock_us: Callable[[], int] = utc_now_us,
         resume: Mapping[str, ResumePoint] | None = None,
+        governor: Governor | None = None,
+        sample_interval_s: float = 1.0,
     ) -> None:
         """``resume``: symbol → what an earlier run already delivered (see
         :mod:`k2.capture.resume`); those trades count as duplicates, the holes it left
-        and the first trade received after it open gaps that the repair fills."""
+        and the first trade received after it open gaps that the repair fills.
+        ``governor``: degradation (see :mod:`k2.capture.governor`), sampled every
+        ``sample_interval_s``; ``None`` never sheds."""
         self._source = source
         self._out = output
         self._opts = options or CaptureOptions()
@@ -99,6 +108,8 @@ class CapturePipeline:
             instrument = (source.exchange, symbol)
             self._gaps.seed(instrument, point.last_id, point.holes)
             self._dedup_trades.seed(instrument, point.runs)
+        self._governor = governor
+        self._sample_interval_s = sample_interval_s
         self._repairs: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._stopped_at_us: int | None = None
@@ -123,6 +134,7 @@ class CapturePipeline:
     async def _run(self, max_seconds: float | None) -> None:
         consumer = asyncio.create_task(self._consume(), name="capture-consume")
         ticker = asyncio.create_task(self._repair_due_gaps(), name="capture-gaps")
+        governing = asyncio.create_task(self._govern(), name="capture-governor")
         stopper = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait(
@@ -136,9 +148,9 @@ class CapturePipeline:
             await self._source.stop()
             await consumer  # drains every batch the source still holds
         finally:
-            for task in (ticker, stopper, consumer):
+            for task in (ticker, stopper, consumer, governing):
                 task.cancel()
-            await asyncio.gather(ticker, stopper, return_exceptions=True)
+            await asyncio.gather(ticker, stopper, governing, return_exceptions=True)
         await self._finish()
 
     async def _consume(self) -> None:
@@ -166,6 +178,11 @@ class CapturePipeline:
         trades = self._dedup_and_observe(trades, trade_raw)
         quotes, _, dupes = self._dedup_quotes.filter(quotes, quote_raw, "update_id")
         self.stats.duplicates += dupes
+        if self._governor is not None:
+            before = (trades.num_rows, quotes.num_rows)
+            trades, quotes = self._governor.shed(trades, quotes)
+            self.stats.trades_shed += before[0] - trades.num_rows
+            self.stats.quotes_shed += before[1] - quotes.num_rows
         await self._write(OutputBatch(trades=trades, quotes=quotes, rejects=rejects))
 
     async def _write(self, out: OutputBatch) -> None:
@@ -189,16 +206,39 @@ class CapturePipeline:
             for gap in self._gaps.due():
                 self._start_repair(gap)
 
-    def _start_repair(self, gap: GapRange) -> None:
+    async def _govern(self) -> None:
+        """Sample the degradation pressures; backfill shed trades once recovered."""
+        governor = self._governor
+        if governor is None:
+            return
+        while True:
+            await asyncio.sleep(self._sample_interval_s)  # a periodic sample
+            await asyncio.to_thread(governor.sample, self.stats.trades + self.stats.quotes)
+            self._backfill_shed(governor.backfill_due())
+
+    def _backfill_shed(self, ranges: list[ShedRange]) -> None:
+        now = self._clock_us()
+        for r in ranges:
+            gap = GapRange(self._source.exchange, r.symbol, r.first_id, r.last_id, now)
+            self._start_repair(gap, shed=True)
+
+    def _start_repair(self, gap: GapRange, *, shed: bool = False) -> None:
         self.stats.gaps_detected += 1
-        task = asyncio.create_task(self._repair(gap), name=f"repair-{gap.symbol}")
+        task = asyncio.create_task(self._repair(gap, shed), name=f"repair-{gap.symbol}")
         self._repairs.add(task)
         task.add_done_callback(self._repairs.discard)
 
-    async def _repair(self, gap: GapRange) -> None:
+    async def _repair(self, gap: GapRange, shed: bool = False) -> None:
         with bind_correlation(gap=f"{gap.symbol}:{gap.first_missing_id}-{gap.last_missing_id}"):
             trades, record = await self._repairer.repair(gap)
-            trades = self._dedup_and_observe(trades, [b""] * trades.num_rows)
+            if shed:
+                # These ids were received (and deduplicated) before being shed, so
+                # the dedup state already holds them: write them as fetched.
+                note = "shed under degradation; backfilled from the exchange's history"
+                record["reason"] = note + (f"; {record['reason']}" if record["reason"] else "")
+                self.stats.trades_backfilled += trades.num_rows
+            else:
+                trades = self._dedup_and_observe(trades, [b""] * trades.num_rows)
             rejects = _typed(self._source.take_rejects(), "trade")
             await self._write(OutputBatch(trades=trades, rejects=rejects, gaps=[record]))
             self.stats.trades_repaired += trades.num_rows
@@ -212,6 +252,8 @@ class CapturePipeline:
         # Gaps still inside their grace period cannot be filled by the stream any more.
         for gap in self._gaps.due(force=True):
             self._start_repair(gap)
+        if self._governor is not None:
+            self._backfill_shed(self._governor.backfill_due(force=True))
         while self._repairs:
             await asyncio.gather(*list(self._repairs))
         if self._opts.tail_check:

@@ -14,13 +14,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from k2.capture.governor import Governor
 from k2.capture.log_output import LogOutput
 from k2.capture.ndjson import NdjsonWriter
 from k2.capture.output import CaptureOutput
 from k2.capture.pipeline import CaptureOptions, CapturePipeline, CaptureStats
 from k2.capture.resume import ResumePoint, last_trade_ids
 from k2.config import Settings
+from k2.log.base import Log
 from k2.log.factory import open_log, topic_layout
+from k2.ops.degradation import DegradationManager, process_memory_fraction
 from k2.ops.locks import StageLock
 from k2.ops.log import get_logger
 from k2.ops.status_files import run_dir, status_path, write_status
@@ -46,6 +49,32 @@ def options_from(settings: Settings) -> CaptureOptions:
         dedup_max_entries=c.dedup_max_entries,
         gap_grace_s=c.gap_grace_s,
         max_future_skew_s=c.max_future_skew_s,
+    )
+
+
+def governor_from(settings: Settings, log_: Log) -> Governor | None:
+    """The degradation governor of ``settings.degradation`` (``None`` if disabled),
+    measuring the lake sink's lag on ``log_``."""
+    if not settings.degradation.enabled:
+        return None
+    layout = topic_layout(settings)
+    topics = [layout.data_topic("trade"), layout.data_topic("quote")]
+    group = settings.lake.sink_group
+    limit = settings.degradation.memory_limit_bytes
+
+    def lag() -> tuple[int, bool]:
+        behind = held = 0
+        for topic in topics:
+            behind += sum(log_.lag(group, topic).values())
+            ends, begins = log_.end_offsets(topic), log_.begin_offsets(topic)
+            held += sum(e - begins.get(p, 0) for p, e in ends.items())
+        # Lag equal to everything held: the group never committed (no sink has run).
+        return behind, behind < held
+
+    return Governor(
+        DegradationManager(settings.degradation),
+        lag=lag,
+        memory=lambda: process_memory_fraction(limit),
     )
 
 
@@ -106,11 +135,16 @@ async def ingest(
         layout = topic_layout(settings)
         resume = await asyncio.to_thread(last_trade_ids, log, layout, settings.capture.symbols)
         output = LogOutput(log, layout)
-        return await run(
-            settings, output, max_seconds=max_seconds, stop=stop,
-            handle_signals=handle_signals, resume=resume,
-            status=status_path(settings, "ingest"),
-        )  # fmt: skip
+        probe_log = open_log(settings)  # its own handle: sampled from another thread
+        try:
+            return await run(
+                settings, output, max_seconds=max_seconds, stop=stop,
+                handle_signals=handle_signals, resume=resume,
+                status=status_path(settings, "ingest"),
+                governor=governor_from(settings, probe_log),
+            )  # fmt: skip
+        finally:
+            probe_log.close()
     finally:
         log.close()
         lock.release()
@@ -125,13 +159,17 @@ async def run(
     handle_signals: bool = True,
     resume: Mapping[str, ResumePoint] | None = None,
     status: Path | None = None,
+    governor: Governor | None = None,
 ) -> CaptureResult:
     """Run the capture pipeline from the configured source into ``output``, resuming
     after what ``resume`` says was delivered (symbol → :class:`ResumePoint`) if given."""
     loop = asyncio.get_running_loop()
     source = source_from(settings)
     started = loop.time()
-    pipeline = CapturePipeline(source, output, options_from(settings), resume=resume)
+    pipeline = CapturePipeline(
+        source, output, options_from(settings), resume=resume, governor=governor,
+        sample_interval_s=settings.ops.status_interval_s,
+    )  # fmt: skip
     installed: list[signal.Signals] = []
     if handle_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,7 +178,7 @@ async def run(
                 installed.append(sig)
     watcher = asyncio.create_task(_forward(stop, pipeline)) if stop is not None else None
     reporter = (
-        asyncio.create_task(_report(status, settings, source, pipeline))
+        asyncio.create_task(_report(status, settings, source, pipeline, governor))
         if status is not None
         else None
     )
@@ -153,7 +191,7 @@ async def run(
             if task is not None:
                 task.cancel()
         if status is not None:
-            _write_ingest_status(status, settings, source, pipeline, "stopped")
+            _write_ingest_status(status, settings, source, pipeline, "stopped", governor)
     stream = source.stream
     return CaptureResult(
         stats=stats,
@@ -163,7 +201,12 @@ async def run(
 
 
 def _write_ingest_status(
-    path: Path, settings: Settings, source: BinanceSource, pipeline: CapturePipeline, phase: str
+    path: Path,
+    settings: Settings,
+    source: BinanceSource,
+    pipeline: CapturePipeline,
+    phase: str,
+    governor: Governor | None = None,
 ) -> None:
     stream = source.stream
     write_status(
@@ -176,17 +219,22 @@ def _write_ingest_status(
             "connections": stream.connections if stream is not None else 0,
             "stream": asdict(stream.stats) if stream is not None else {},
             "stats": pipeline.stats.as_dict(),
+            "degradation": governor.describe() if governor is not None else {},
         },
     )
 
 
 async def _report(
-    path: Path, settings: Settings, source: BinanceSource, pipeline: CapturePipeline
+    path: Path,
+    settings: Settings,
+    source: BinanceSource,
+    pipeline: CapturePipeline,
+    governor: Governor | None,
 ) -> None:
     """Rewrite the ingest's status file every ``ops.status_interval_s``."""
     while True:
         try:
-            _write_ingest_status(path, settings, source, pipeline, "streaming")
+            _write_ingest_status(path, settings, source, pipeline, "streaming", governor)
         except OSError as exc:  # a full disk must not stop the capture; say so
             log.warning("cannot write the status file", path=str(path), error=str(exc))
         await asyncio.sleep(settings.ops.status_interval_s)  # a periodic report

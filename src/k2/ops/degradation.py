@@ -38,14 +38,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from k2.config import DataType
 from k2.errors import TerminalError
 from k2.ops.log import get_logger
+
+#: What can be shed (the same values as :data:`k2.config.DataType`, which imports this).
+DataType = Literal["trade", "quote"]
 
 __all__ = [
     "DegradationManager",
@@ -121,6 +123,7 @@ def _symbols(v: Any) -> Any:
 class DegradationSettings(BaseModel):
     """When to degrade, how fast to recover, and which symbols matter most."""
 
+    enabled: bool = Field(True, description="shed by priority when the platform falls behind")
     lag_s: Thresholds = Field(
         default=Thresholds(soft=5.0, graceful=20.0, aggressive=60.0, circuit_break=180.0),
         description="log lag, seconds behind",
