@@ -314,6 +314,6 @@ def test_hybrid_answer_counts_as_hybrid(make_client: AppFactory, api_lake: ApiLa
         assert meta["sources"] == ["lake", "tail"] and meta["rows_tail"] == 3144 - 1048
         assert meta["snapshot_id"] == api_lake.trade_snapshots[0]
         metrics = client.get("/metrics").text
-        assert "k2_hybrid_queries_total 1.0" in metrics
+        assert 'k2_hybrid_queries_total{endpoint="/v1/trades"} 1.0' in metrics
     finally:
         engine.close()

@@ -27,6 +27,7 @@ from k2.ops.log import configure_logging, get_logger
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from k2.api.metrics import ApiMetrics
     from k2.log.base import Log
     from k2.query.engine import QueryEngine
     from k2.query.tail import LiveTail
@@ -62,6 +63,14 @@ class QueryRuntime:
                 "last_error": stats.last_error,
             }
         }
+
+    def metrics(self) -> ApiMetrics:
+        """Fresh API metrics that also report the lake's commit age and the live tail."""
+        from k2.api.metrics import ApiMetrics
+
+        metrics = ApiMetrics()
+        metrics.follow(self.engine, self.tail)
+        return metrics
 
     def close(self) -> None:
         """Stop the tail, close the engine, close the log (each at most once)."""
@@ -180,7 +189,13 @@ def serve(settings: Settings, *, announce: Callable[[str], None] | None = None) 
     try:
         from k2.api.app import create_app
 
-        app = create_app(runtime.engine, settings, keystore=store, status=runtime.status)
+        app = create_app(
+            runtime.engine,
+            settings,
+            keystore=store,
+            status=runtime.status,
+            metrics=runtime.metrics(),
+        )
         _log.info(
             "api.listening",
             host=api.host,
@@ -229,5 +244,10 @@ def app_from_env() -> FastAPI:
 
     store = KeyStore.from_settings(settings.api)
     return create_app(
-        runtime.engine, settings, keystore=store, lifespan=lifespan, status=runtime.status
+        runtime.engine,
+        settings,
+        keystore=store,
+        lifespan=lifespan,
+        status=runtime.status,
+        metrics=runtime.metrics(),
     )

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 import pyarrow as pa
 
 from k2.capture.log_output import dead_letter_batch
-from k2.errors import TerminalError
+from k2.errors import K2Error, TerminalError
 from k2.lake.sink_offsets import encode_offsets, lake_offsets, offsets_key
 from k2.lake.tables import TABLE_DEFS, TableDef, ensure_tables, sort_for
 from k2.log.base import Consumer, Log, LogBatch, TopicPartition
@@ -53,11 +53,15 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
 
     from k2.config import Settings
+    from k2.ops.metrics import Metrics
 
 log = get_logger(__name__)
 
 #: Data types the sink moves, with the table each lands in.
 SINK_DATA_TYPES: dict[str, str] = {"trade": "trades", "quote": "quotes", "gap": "gaps"}
+
+#: Least seconds between two log-lag readings (each asks the log for its end offsets).
+LAG_INTERVAL_S = 5.0
 
 
 class Stopper(Protocol):
@@ -115,8 +119,10 @@ class SinkOptions:
 class LakeSink:
     """Moves ``layout``'s data topics from ``log`` into the tables of ``namespace``.
 
-    ``clock``: monotonic seconds, for batching by time. Not thread-safe: one sink, one
-    thread; run several sinks (processes) in the same ``group`` to spread partitions.
+    ``clock``: monotonic seconds, for batching by time. ``metrics``: where commits,
+    rows, dead letters and this member's log lag are recorded (:mod:`k2.ops.metrics`).
+    Not thread-safe: one sink, one thread; run several sinks (processes) in the same
+    ``group`` to spread partitions.
     """
 
     def __init__(
@@ -130,8 +136,11 @@ class LakeSink:
         options: SinkOptions = SinkOptions(),
         hooks: SinkHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._log = log_
+        self._metrics = metrics
+        self._lag_due: float | None = None
         self._layout = layout
         self._options = options
         self._hooks = hooks or SinkHooks()
@@ -214,7 +223,34 @@ class LakeSink:
             or (got == 0 and self._buffered)
         ):
             self.flush()
+        self._report_lag()
         return got
+
+    def _report_lag(self) -> None:
+        """Record, per data type, the records of this member's partitions that the log
+        holds beyond the lake (at most every ``LAG_INTERVAL_S``)."""
+        if self._metrics is None:
+            return
+        now = self._clock()
+        if self._lag_due is not None and now < self._lag_due:
+            return
+        self._lag_due = now + LAG_INTERVAL_S
+        lag = dict.fromkeys(SINK_DATA_TYPES, 0)
+        by_topic: dict[str, list[TopicPartition]] = defaultdict(list)
+        for tp in self._assigned:
+            by_topic[tp.topic].append(tp)
+        for topic, tps in sorted(by_topic.items()):
+            try:
+                ends = self._log.end_offsets(topic)
+            except K2Error as exc:  # only a metric is late: the sink carries on
+                log.warning("sink_lag_unavailable", topic=topic, error=str(exc))
+                return
+            for tp in tps:
+                pending = self._pending.get(tp)
+                in_lake = pending.start if pending is not None else self._next.get(tp, 0)
+                lag[self._routes[topic][2]] += max(0, ends.get(tp.partition, 0) - in_lake)
+        for data_type, records in lag.items():
+            self._metrics.sink_lag(data_type, records)
 
     def _follow_assignment(self) -> None:
         assigned = set(self._consumer.assignment())
@@ -335,20 +371,29 @@ class LakeSink:
             except Exception as exc:
                 if _is_commit_conflict(exc):
                     self.stats.commit_conflicts += 1
+                    self._count_commit(table_def.name, "conflict")
                     continue
                 error = exc
+                self._count_commit(table_def.name, "error")
                 log.warning("sink_append_failed", topic=topic, attempt=attempt + 1,
                             error=repr(exc))  # fmt: skip
                 time.sleep(min(0.05 * 2**attempt, 2.0))  # back off a failing store
                 continue
             self.stats.commits += 1
             self.stats.records[table_def.name] += data.num_rows
+            self._count_commit(table_def.name, "ok", data.num_rows, time.monotonic() - began)
             log.debug("sink_committed", table=table_def.name, records=data.num_rows,
                       ms=round((time.monotonic() - began) * 1000, 1))  # fmt: skip
             return {p: parts[p].end for p in mine}
         if error is None:
             raise TerminalError(f"sink: {attempts} commit conflicts in a row on {topic}")
         return self._dead_letter(topic, data_type, parts, error)
+
+    def _count_commit(
+        self, table: str, outcome: str, rows: int = 0, seconds: float | None = None
+    ) -> None:
+        if self._metrics is not None:
+            self._metrics.sink_commit(table, outcome, rows=rows, seconds=seconds)
 
     def _fence(self, topic: str, parts: dict[int, _Pending], lake: dict[int, int]) -> list[int]:
         """Partitions whose rows start exactly where the lake ends (others are reset)."""
@@ -391,6 +436,8 @@ class LakeSink:
             )
         rejects = raws
         self.stats.dead_lettered += len(rejects)
+        if self._metrics is not None:
+            self._metrics.sink_dead_lettered(len(rejects))
         log.error("sink_dead_lettered", topic=topic, records=len(rejects), error=repr(error))
         table_def, table, _ = self._routes[topic]
         empty = pa.Table.from_batches([], schema=table_def.record_type.arrow_schema())
@@ -405,8 +452,11 @@ class LakeSink:
                 )
             except Exception as exc:
                 if _is_commit_conflict(exc):
+                    self._count_commit(table_def.name, "conflict")
                     continue
+                self._count_commit(table_def.name, "error")
                 raise
+            self._count_commit(table_def.name, "ok")
             return {p: parts[p].end for p in mine}
         raise TerminalError(f"sink: cannot move the lake past dead letters on {topic}")
 
@@ -458,10 +508,12 @@ def run_sink(
     max_seconds: float | None = None,
     until_idle: bool = False,
     hooks: SinkHooks | None = None,
+    metrics: Metrics | None = None,
 ) -> SinkStats:
     """``k2 sink``: open the log and the catalog from ``settings`` and sink until
     ``stop`` is set, ``max_seconds`` pass, or (``until_idle``) the log is drained.
-    Blocking; run it in a thread (``asyncio.to_thread``) from async code."""
+    Blocking; run it in a thread (``asyncio.to_thread``) from async code. ``metrics``:
+    see :class:`LakeSink`."""
     from k2.lake.catalog import open_catalog
     from k2.log.factory import open_log, topic_layout
 
@@ -475,6 +527,7 @@ def run_sink(
             group=settings.lake.sink_group,
             options=options_from(settings),
             hooks=hooks,
+            metrics=metrics,
         )
         try:
             stats = sink.run(stop, max_seconds, until_idle=until_idle)

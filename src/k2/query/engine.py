@@ -552,6 +552,18 @@ class QueryEngine:
         ``reference_data``, ``gaps``), oldest first (read from the catalog)."""
         return self._lake.snapshots(data_type)
 
+    def lake_snapshot_times(self) -> dict[str, datetime | None]:
+        """When each table the engine reads had its current snapshot committed (UTC;
+        ``None``: no snapshot yet), as last loaded: no catalog read (for metrics)."""
+        tables = self._lake.state().tables
+        out: dict[str, datetime | None] = {}
+        for name, table in tables.items():
+            snap = table.metadata.current_snapshot()
+            out[name] = (
+                None if snap is None else datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC)
+            )
+        return out
+
     def sql(
         self, text: str, *, timeout_s: float | None = None, max_rows: int | None = None
     ) -> QueryResult:
