@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from k2.lake.tables import ensure_tables
 from k2.log.base import TopicPartition
 from k2.log.embedded import EmbeddedLog
 from k2.log.topics import TopicLayout
+from k2.ops.breaker import BreakerRegistry, BreakerSettings, BreakerState
 
 LAYOUT = TopicLayout(trade_partitions=4, quote_partitions=4)
 TRADES_TOPIC = LAYOUT.data_topic("trade")
@@ -170,10 +172,10 @@ def test_a_batch_the_lake_refuses_goes_to_the_dead_letter_topic(
     _fill(log, trades, 1, 100)
     lake = LakeSettings()
     table = ensure_tables(catalog_from(lake, tmp_path / "data"))["trades"]
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("data files cannot go under a file")
+    # A codec no Parquet writer knows: every data file is refused (an empty commit,
+    # which writes no file, still goes through).
     with table.transaction() as tx:
-        tx.set_properties({"write.data.path": (blocker / "data").as_uri()})
+        tx.set_properties({"write.parquet.compression-codec": "no-such-codec"})
     sink = _sink(log, lake, tmp_path, max_records=100_000, commit_retries=1)
     stats = sink.run(until_idle=True, max_seconds=60)
     sink.close()
@@ -223,4 +225,50 @@ def test_a_lake_behind_the_group_is_filled_from_where_the_lake_ends(
     sink.close()
     assert stats.records["trades"] == 800 * len(SYMBOLS)
     _assert_exactly(_lake_trades(lake, fresh), 1, 800)
+    log.close()
+
+
+def test_a_storage_outage_holds_records_instead_of_dead_lettering_them(
+    tmp_path: Path, trades: Callable[..., pa.RecordBatch]
+) -> None:
+    """Data files cannot be written (the warehouse path is blocked): nothing is
+    dead-lettered, the circuit breaker opens, and once the storage is back the same
+    sink commits every record exactly once."""
+    log = EmbeddedLog(tmp_path / "log", durability="normal")
+    _fill(log, trades, 1, 300)
+    lake = LakeSettings()
+    table = ensure_tables(catalog_from(lake, tmp_path / "data"))["trades"]
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("data files cannot go under a file")
+    good = table.metadata.properties.get("write.data.path")
+    with table.transaction() as tx:
+        tx.set_properties({"write.data.path": (blocker / "data").as_uri()})
+    breakers = BreakerRegistry(BreakerSettings(failure_threshold=2, reset_timeout_s=0.1,
+                                               max_reset_timeout_s=0.2))  # fmt: skip
+    catalog = catalog_from(lake, tmp_path / "data")
+    sink = LakeSink(log, catalog, LAYOUT, options=SinkOptions(max_records=1500),
+                    breakers=breakers)  # fmt: skip
+    stop = threading.Event()
+    runner = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while breakers.get("object_store").state is not BreakerState.OPEN:
+        assert time.monotonic() < deadline, "the object-store breaker never opened"
+        time.sleep(0.02)  # polling a condition, with a deadline
+    assert sink.outage_since is not None and sink.stats.dead_lettered == 0
+    assert 0 < sink.buffered <= 1500  # held, and no more read than one batch
+    with table.transaction() as tx:  # the storage is back
+        if good is None:
+            tx.remove_properties("write.data.path")
+        else:
+            tx.set_properties({"write.data.path": good})
+    while sink.stats.records["trades"] < 300 * len(SYMBOLS):
+        assert time.monotonic() < deadline, f"only {sink.stats.records['trades']} committed"
+        time.sleep(0.02)  # polling a condition, with a deadline
+    stop.set()
+    runner.join(30)
+    sink.close()
+    assert sink.stats.dead_lettered == 0 and sink.outage_since is None
+    assert breakers.get("object_store").state is BreakerState.CLOSED
+    _assert_exactly(_lake_trades(lake, tmp_path), 1, 300)
     log.close()

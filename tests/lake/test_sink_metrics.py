@@ -75,10 +75,9 @@ def test_refused_batches_count_as_errors_and_dead_letters(
     _fill(log, trades, 100)
     lake = LakeSettings()
     table = ensure_tables(catalog_from(lake, tmp_path / "data"))["trades"]
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("data files cannot go under a file")
+    # A codec no Parquet writer knows: the lake refuses every data file.
     with table.transaction() as tx:
-        tx.set_properties({"write.data.path": (blocker / "data").as_uri()})
+        tx.set_properties({"write.parquet.compression-codec": "no-such-codec"})
     metrics = Metrics(stages=("sink",))
     sink = LakeSink(log, catalog_from(lake, tmp_path / "data"), LAYOUT,
                     options=SinkOptions(commit_retries=1), metrics=metrics)  # fmt: skip

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from k2.ops.degradation import DegradationManager, Level, ShedLedger, ShedRange
 from k2.ops.log import get_logger
+from k2.ops.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -68,6 +69,7 @@ class Governor:
         self.lag_records = 0
         self.lag_s = 0.0
         self.memory_fraction = 0.0
+        self.metrics: Metrics | None = None
 
     def sample(self, delivered: int) -> Level:
         """Measure the pressures and update the level; ``delivered`` is the capture's
@@ -111,11 +113,15 @@ class Governor:
                 ids = dropped.filter(pc.equal(dropped.column("symbol"), symbol))
                 self.ledger.record_many(symbol, ids.column("trade_id").to_pylist())
             self.shed_total.trades += dropped.num_rows
+            if self.metrics is not None:
+                self.metrics.capture_shed("trade", int(self.manager.level), dropped.num_rows)
         else:
             for symbol in gone:
                 count = pc.sum(pc.equal(dropped.column("symbol"), symbol)).as_py() or 0
                 self.ledger.record_quotes(symbol, count)
             self.shed_total.quotes += dropped.num_rows
+            if self.metrics is not None:
+                self.metrics.capture_shed("quote", int(self.manager.level), dropped.num_rows)
         return batch.filter(pc.invert(mask))
 
     def backfill_due(self, *, force: bool = False) -> list[ShedRange]:

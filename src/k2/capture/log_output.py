@@ -17,6 +17,7 @@ import pyarrow as pa
 from k2.capture.output import OutputBatch
 from k2.log.base import Log
 from k2.log.topics import TopicLayout
+from k2.ops.breaker import CircuitBreaker
 from k2.ops.clock import utc_now_us
 from k2.quality.rejects import Reject
 from k2.records import DEAD_LETTER, GAP
@@ -54,8 +55,10 @@ class LogOutput:
         *,
         clock_us: Callable[[], int] = utc_now_us,
         retention_interval_s: float = 60.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._log = log
+        self._breaker = breaker
         self._layout = layout
         self._clock_us = clock_us
         self._retention_every_us = int(retention_interval_s * 1_000_000)
@@ -66,7 +69,13 @@ class LogOutput:
 
     async def write(self, batch: OutputBatch) -> None:
         """Produce every part of ``batch``; returns once all of it is durable."""
-        await asyncio.to_thread(self._write, batch)
+        # Through the log's breaker (state for metrics and k2 status); a failed write
+        # is not retried here: a partly written batch must not be written twice, so
+        # the capture stops and the restarted one resumes from what the log holds.
+        if self._breaker is not None:
+            await asyncio.to_thread(self._breaker.call, self._write, batch)
+        else:
+            await asyncio.to_thread(self._write, batch)
         now = self._clock_us()
         if now >= self._retention_due_us:
             self._retention_due_us = now + self._retention_every_us

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +23,12 @@ from k2.capture.resume import ResumePoint, last_trade_ids
 from k2.config import Settings
 from k2.log.base import Log
 from k2.log.factory import open_log, topic_layout
+from k2.ops.breaker import BreakerRegistry, CircuitBreaker
 from k2.ops.degradation import DegradationManager, process_memory_fraction
 from k2.ops.locks import StageLock
 from k2.ops.log import get_logger
+from k2.ops.metrics import Metrics
+from k2.ops.observe import breaker_registry, stage_metrics
 from k2.ops.status_files import run_dir, status_path, write_status
 from k2.sources.binance.source import BinanceSource
 
@@ -78,8 +81,26 @@ def governor_from(settings: Settings, log_: Log) -> Governor | None:
     )
 
 
-def source_from(settings: Settings) -> BinanceSource:
-    """A Binance source for ``settings.capture.symbols``/``streams`` at the set URLs."""
+def _export(
+    metrics: Metrics, source: BinanceSource, pipeline: CapturePipeline, governor: Governor | None
+) -> None:
+    """Mirror the capture's counters into ``metrics`` at every scrape."""
+
+    def sync() -> None:
+        metrics.sync_capture(pipeline.stats)
+        if source.stream is not None:
+            metrics.sync_stream(source.stream)
+        if governor is not None:
+            metrics.degradation("ingest", int(governor.manager.level))
+
+    metrics.on_scrape(sync)
+    if governor is not None:
+        governor.metrics = metrics
+
+
+def source_from(settings: Settings, breaker: CircuitBreaker | None = None) -> BinanceSource:
+    """A Binance source for ``settings.capture.symbols``/``streams`` at the set URLs,
+    its REST and WebSocket calls guarded by ``breaker`` if given."""
     return BinanceSource(
         settings.capture.symbols,
         settings.capture.streams,
@@ -90,6 +111,7 @@ def source_from(settings: Settings) -> BinanceSource:
         max_connection_age_s=settings.binance.max_connection_age_s,
         batch_max_frames=settings.capture.batch_max_frames,
         batch_max_wait_s=settings.capture.batch_max_wait_s,
+        breaker=breaker,
     )
 
 
@@ -130,24 +152,29 @@ async def ingest(
     lock = StageLock(run_dir(settings) / "ingest.lock")
     if settings.log.backend == "embedded":
         await lock.acquire(timeout_s=settings.ops.stop_timeout_s * 2)
+    metrics, server = stage_metrics(settings, "ingest", settings.ops.ingest_metrics_port)
+    breakers = breaker_registry(settings, metrics)
     log = open_log(settings)
     try:
         layout = topic_layout(settings)
         resume = await asyncio.to_thread(last_trade_ids, log, layout, settings.capture.symbols)
-        output = LogOutput(log, layout)
+        output = LogOutput(log, layout, breaker=breakers.get("log"))
         probe_log = open_log(settings)  # its own handle: sampled from another thread
         try:
             return await run(
                 settings, output, max_seconds=max_seconds, stop=stop,
                 handle_signals=handle_signals, resume=resume,
                 status=status_path(settings, "ingest"),
-                governor=governor_from(settings, probe_log),
+                governor=governor_from(settings, probe_log), metrics=metrics,
+                breakers=breakers, metrics_url=server.url if server else None,
             )  # fmt: skip
         finally:
             probe_log.close()
     finally:
         log.close()
         lock.release()
+        if server is not None:
+            server.close()
 
 
 async def run(
@@ -160,11 +187,14 @@ async def run(
     resume: Mapping[str, ResumePoint] | None = None,
     status: Path | None = None,
     governor: Governor | None = None,
+    metrics: Metrics | None = None,
+    breakers: BreakerRegistry | None = None,
+    metrics_url: str | None = None,
 ) -> CaptureResult:
     """Run the capture pipeline from the configured source into ``output``, resuming
     after what ``resume`` says was delivered (symbol → :class:`ResumePoint`) if given."""
     loop = asyncio.get_running_loop()
-    source = source_from(settings)
+    source = source_from(settings, breakers.get("exchange") if breakers is not None else None)
     started = loop.time()
     pipeline = CapturePipeline(
         source, output, options_from(settings), resume=resume, governor=governor,
@@ -177,8 +207,12 @@ async def run(
                 loop.add_signal_handler(sig, pipeline.request_stop)
                 installed.append(sig)
     watcher = asyncio.create_task(_forward(stop, pipeline)) if stop is not None else None
+    if metrics is not None:
+        _export(metrics, source, pipeline, governor)
+    extra = {"breakers": breakers.snapshot if breakers is not None else list,
+             "metrics_url": lambda: metrics_url}  # fmt: skip
     reporter = (
-        asyncio.create_task(_report(status, settings, source, pipeline, governor))
+        asyncio.create_task(_report(status, settings, source, pipeline, governor, extra))
         if status is not None
         else None
     )
@@ -191,7 +225,7 @@ async def run(
             if task is not None:
                 task.cancel()
         if status is not None:
-            _write_ingest_status(status, settings, source, pipeline, "stopped", governor)
+            _write_ingest_status(status, settings, source, pipeline, "stopped", governor, extra)
     stream = source.stream
     return CaptureResult(
         stats=stats,
@@ -207,6 +241,7 @@ def _write_ingest_status(
     pipeline: CapturePipeline,
     phase: str,
     governor: Governor | None = None,
+    extra: Mapping[str, Callable[[], object]] | None = None,
 ) -> None:
     stream = source.stream
     write_status(
@@ -220,6 +255,7 @@ def _write_ingest_status(
             "stream": asdict(stream.stats) if stream is not None else {},
             "stats": pipeline.stats.as_dict(),
             "degradation": governor.describe() if governor is not None else {},
+            **{key: get() for key, get in (extra or {}).items()},
         },
     )
 
@@ -230,11 +266,12 @@ async def _report(
     source: BinanceSource,
     pipeline: CapturePipeline,
     governor: Governor | None,
+    extra: Mapping[str, Callable[[], object]],
 ) -> None:
     """Rewrite the ingest's status file every ``ops.status_interval_s``."""
     while True:
         try:
-            _write_ingest_status(path, settings, source, pipeline, "streaming", governor)
+            _write_ingest_status(path, settings, source, pipeline, "streaming", governor, extra)
         except OSError as exc:  # a full disk must not stop the capture; say so
             log.warning("cannot write the status file", path=str(path), error=str(exc))
         await asyncio.sleep(settings.ops.status_interval_s)  # a periodic report

@@ -29,6 +29,7 @@ buffered, nothing committed), ``before_append`` (batch sorted, about to commit),
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 from collections import defaultdict
@@ -39,11 +40,12 @@ from typing import TYPE_CHECKING, Protocol
 import pyarrow as pa
 
 from k2.capture.log_output import dead_letter_batch
-from k2.errors import K2Error, TerminalError
+from k2.errors import K2Error, TerminalError, TransientError
 from k2.lake.sink_offsets import encode_offsets, lake_offsets, offsets_key
 from k2.lake.tables import TABLE_DEFS, TableDef, ensure_tables, sort_for
 from k2.log.base import Consumer, Log, LogBatch, TopicPartition
 from k2.log.topics import TopicLayout
+from k2.ops.breaker import BreakerRegistry, BreakerState
 from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger
 from k2.quality.rejects import Reject, RejectReason
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 
     from k2.config import Settings
     from k2.ops.metrics import Metrics
+    from k2.ops.metrics_http import MetricsServer
 
 log = get_logger(__name__)
 
@@ -137,9 +140,19 @@ class LakeSink:
         hooks: SinkHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        breakers: BreakerRegistry | None = None,
+        commit_delay: Callable[[], float] | None = None,
     ) -> None:
+        """``breakers``: the ``catalog`` and ``object_store`` circuit breakers guard
+        every lake commit; while the lake's storage is unavailable the sink holds what
+        it read (nothing is dead-lettered for an outage) and retries when the breaker
+        lets it. ``commit_delay``: seconds to wait before each commit (``k2 chaos
+        slow-storage`` injects slowness through it)."""
         self._log = log_
         self._metrics = metrics
+        self._breakers = breakers
+        self._commit_delay = commit_delay
+        self.outage_since: float | None = None
         self._lag_due: float | None = None
         self._layout = layout
         self._options = options
@@ -184,7 +197,11 @@ class LakeSink:
             if max_seconds is not None and now - began >= max_seconds:
                 break
             assigned_before = self._assigned
-            got = self.step(timeout_s=0.2)
+            try:
+                got = self.step(timeout_s=0.2)
+            except StoreUnavailable as exc:
+                self._wait_for_store(stop, exc)
+                continue
             # Idle means a poll *after* the last assignment change found nothing.
             if (
                 until_idle
@@ -336,10 +353,30 @@ class LakeSink:
         self._buffered = 0
         self._first_buffered_at = None
         committed: dict[TopicPartition, int] = {}
-        for topic, parts in sorted(by_topic.items()):
-            for partition, end in self._commit_topic(topic, parts).items():
+        topics = sorted(by_topic.items())
+        for i, (topic, parts) in enumerate(topics):
+            try:
+                done = self._commit_topic(topic, parts)
+            except StoreUnavailable:
+                # Hold this topic's records and the rest for the next flush.
+                for held_topic, held in topics[i:]:
+                    for partition, pending in held.items():
+                        self._pending[TopicPartition(held_topic, partition)] = pending
+                        self._buffered += pending.rows
+                self._first_buffered_at = self._clock()
+                self._commit_group(committed)
+                raise
+            for partition, end in done.items():
                 committed[TopicPartition(topic, partition)] = end
+        if self.outage_since is not None:
+            log.warning(
+                "lake storage is back", outage_s=round(self._clock() - self.outage_since, 1)
+            )
+            self.outage_since = None
         self._hooks.crash_point("after_append")
+        self._commit_group(committed)
+
+    def _commit_group(self, committed: dict[TopicPartition, int]) -> None:
         owned = {tp: o for tp, o in committed.items() if tp in self._assigned}
         if owned:
             try:
@@ -355,8 +392,16 @@ class LakeSink:
         attempts = self._options.commit_retries + 1
         error: Exception | None = None
         began = time.monotonic()
+        delay = self._commit_delay() if self._commit_delay is not None else 0.0
+        if delay > 0:
+            time.sleep(delay)  # injected slowness (k2 chaos slow-storage)
         for attempt in range(attempts):
-            table.refresh()
+            self._check_breakers()
+            try:
+                table.refresh()
+            except Exception as exc:
+                self._store_failed(exc)
+                raise StoreUnavailable(f"the lake catalog cannot be read: {exc!r}") from exc
             lake = lake_offsets(table, topic)
             mine = self._fence(topic, parts, lake)
             if not mine:
@@ -373,12 +418,17 @@ class LakeSink:
                     self.stats.commit_conflicts += 1
                     self._count_commit(table_def.name, "conflict")
                     continue
+                if _is_outage(exc):
+                    self._count_commit(table_def.name, "error")
+                    self._store_failed(exc)
+                    raise StoreUnavailable(f"the lake storage failed: {exc!r}") from exc
                 error = exc
                 self._count_commit(table_def.name, "error")
                 log.warning("sink_append_failed", topic=topic, attempt=attempt + 1,
                             error=repr(exc))  # fmt: skip
                 time.sleep(min(0.05 * 2**attempt, 2.0))  # back off a failing store
                 continue
+            self._store_ok()
             self.stats.commits += 1
             self.stats.records[table_def.name] += data.num_rows
             self._count_commit(table_def.name, "ok", data.num_rows, time.monotonic() - began)
@@ -388,6 +438,48 @@ class LakeSink:
         if error is None:
             raise TerminalError(f"sink: {attempts} commit conflicts in a row on {topic}")
         return self._dead_letter(topic, data_type, parts, error)
+
+    # -- storage outages -----------------------------------------------------------
+
+    def _check_breakers(self) -> None:
+        if self._breakers is None:
+            return
+        for name in STORE_BREAKERS:
+            breaker = self._breakers.get(name)
+            # One sink thread commits at a time, so a half-open breaker's single trial
+            # is this attempt; only a breaker still open turns it away.
+            if breaker.state is BreakerState.OPEN:
+                retry_in = breaker.snapshot().get("retry_in_s")
+                raise StoreUnavailable(
+                    f"the lake's {name.replace('_', ' ')} circuit breaker is open "
+                    f"(retrying in {retry_in or 0:.1f} s): {breaker.stats().last_error}"
+                )
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if self.outage_since is None:
+            self.outage_since = self._clock()
+        if self._breakers is not None:
+            name = "object_store" if _is_object_store_error(exc) else "catalog"
+            self._breakers.get(name).record_failure(exc)
+
+    def _store_ok(self) -> None:
+        if self._breakers is not None:
+            for name in STORE_BREAKERS:
+                self._breakers.get(name).record_success()
+
+    def _wait_for_store(self, stop: Stopper | None, exc: StoreUnavailable) -> None:
+        """Hold the buffered records while the lake's storage is down: wait until a
+        breaker lets the next attempt through (at most 5 s at a time), or ``stop``."""
+        wait = 1.0
+        if self._breakers is not None:
+            retry_at = [b.stats().retry_at for n in STORE_BREAKERS if (b := self._breakers.get(n))]
+            wait = max([0.2, *(r - self._clock() for r in retry_at if r is not None)])
+        wait = min(wait, 5.0)
+        log.warning("lake storage unavailable; holding records", buffered=self._buffered,
+                    retry_in_s=round(wait, 1), error=str(exc))  # fmt: skip
+        end = self._clock() + wait
+        while self._clock() < end and (stop is None or not stop.is_set()):
+            time.sleep(0.05)  # waiting out the breaker; the stop flag is polled
 
     def _count_commit(
         self, table: str, outcome: str, rows: int = 0, seconds: float | None = None
@@ -476,6 +568,45 @@ def _dead_letter_batch(
     return dead_letter_batch(rejects, now_us)
 
 
+class StoreUnavailable(TransientError):
+    """The lake's catalog or object store did not answer; nothing was lost (the sink
+    holds the records, and the log still has them)."""
+
+
+#: The circuit breakers that guard a lake commit.
+STORE_BREAKERS = ("catalog", "object_store")
+
+_OUTAGE_NAMES = {
+    "OperationalError", "InterfaceError", "DisconnectionError", "EndpointConnectionError",
+    "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError", "NoCredentialsError",
+}  # fmt: skip
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) says the storage is unreachable, as opposed to
+    refusing the data: then the sink holds the records instead of dead-lettering."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (TransientError, OSError, TimeoutError, ConnectionError)):
+            return True
+        if any(t.__name__ in _OUTAGE_NAMES for t in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _is_object_store_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        module = type(seen).__module__
+        if module.startswith(("botocore", "s3fs", "pyarrow", "fsspec")) or isinstance(
+            seen, OSError
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _is_commit_conflict(exc: Exception) -> bool:
     from pyiceberg.exceptions import CommitFailedException
 
@@ -509,14 +640,26 @@ def run_sink(
     until_idle: bool = False,
     hooks: SinkHooks | None = None,
     metrics: Metrics | None = None,
+    observe: bool = False,
 ) -> SinkStats:
     """``k2 sink``: open the log and the catalog from ``settings`` and sink until
     ``stop`` is set, ``max_seconds`` pass, or (``until_idle``) the log is drained.
     Blocking; run it in a thread (``asyncio.to_thread``) from async code. ``metrics``:
-    see :class:`LakeSink`."""
+    see :class:`LakeSink`. ``observe`` (what ``k2 sink`` does): serve metrics on
+    ``ops.sink_metrics_port``, guard commits with circuit breakers, honour
+    ``k2 chaos slow-storage`` and write ``<run_dir>/sink.json`` for ``k2 status``."""
     from k2.lake.catalog import open_catalog
     from k2.log.factory import open_log, topic_layout
+    from k2.ops.chaos import storage_delay_s
+    from k2.ops.observe import StatusThread, breaker_registry, stage_metrics
 
+    server = status = None
+    breakers = None
+    delay = None
+    if observe:
+        metrics, server = stage_metrics(settings, "sink", settings.ops.sink_metrics_port)
+        breakers = breaker_registry(settings, metrics)
+        delay = functools.partial(storage_delay_s, settings)  # k2 chaos slow-storage
     log_ = open_log(settings)
     try:
         sink = LakeSink(
@@ -528,13 +671,38 @@ def run_sink(
             options=options_from(settings),
             hooks=hooks,
             metrics=metrics,
+            breakers=breakers,
+            commit_delay=delay,
         )
+        if observe:
+            status = StatusThread(settings, "sink", lambda: _sink_status(sink, breakers, server))
         try:
             stats = sink.run(stop, max_seconds, until_idle=until_idle)
         finally:
             sink.close()
+            if status is not None:
+                status.close()
+            if server is not None:
+                server.close()
     finally:
         log_.close()
     log.info("sink_stopped", records=dict(stats.records), commits=stats.commits,
              dead_lettered=stats.dead_lettered, seconds=round(stats.seconds, 3))  # fmt: skip
     return stats
+
+
+def _sink_status(
+    sink: LakeSink, breakers: BreakerRegistry | None, server: MetricsServer | None
+) -> dict[str, object]:
+    stats = sink.stats
+    return {
+        "stage": "sink",
+        "phase": "waiting for storage" if sink.outage_since is not None else "running",
+        "records": dict(stats.records),
+        "commits": stats.commits,
+        "commit_conflicts": stats.commit_conflicts,
+        "dead_lettered": stats.dead_lettered,
+        "buffered": sink.buffered,
+        "breakers": breakers.snapshot() if breakers is not None else [],
+        "metrics_url": server.url if server is not None else None,
+    }

@@ -105,7 +105,23 @@ def gather(settings: Settings) -> PlatformStatus:
             }
         )
         out.degradation = ingest.get("degradation") or {}
-        out.breakers = list(ingest.get("breakers") or [])
+        out.breakers += [{**b, "stage": "ingest"} for b in ingest.get("breakers") or []]
+        entry["metrics_url"] = ingest.get("metrics_url")
+    sink = read_status(status_path(settings, "sink"))
+    if sink is not None:
+        alive = is_fresh(sink, interval)
+        entry = out.stages.setdefault("sink", {})
+        entry.update(
+            {
+                "state": entry.get("state", "running") if alive else "not running",
+                "phase": sink.get("phase") if alive else "stopped",
+                "commits": sink.get("commits"),
+                "buffered": sink.get("buffered") if alive else 0,
+                "dead_lettered": sink.get("dead_lettered"),
+                "metrics_url": sink.get("metrics_url"),
+            }
+        )
+        out.breakers += [{**b, "stage": "sink"} for b in sink.get("breakers") or []]
     try:
         log_ = open_log(settings)
     except Exception as exc:
@@ -184,6 +200,8 @@ def render(status: PlatformStatus) -> Any:
             detail.append(f"{info['phase']}, {info.get('connections', 0)} connection(s)")
             if info.get("trades") is not None:
                 detail.append(f"{info['trades']:,} trades, {info.get('quotes') or 0:,} quotes")
+        if name == "sink" and info.get("phase"):
+            detail.append(f"{info['phase']}, {info.get('commits') or 0:,} commits")
         if info.get("last_exit") is not None:
             detail.append(f"last exit {info['last_exit']}")
         stages.add_row(name, str(info.get("state", "?")), str(info.get("pid") or "-"),
@@ -205,8 +223,11 @@ def render(status: PlatformStatus) -> Any:
     health.add_row("dead letters", f"{letters:,}" + (" (k2 dlq list)" if letters else ""))
     level = status.degradation.get("level_name", "NORMAL" if status.stages else "-")
     health.add_row("degradation level", str(level))
-    breakers = ", ".join(f"{b.get('name')}={b.get('state_name', b.get('state'))}"
-                         for b in status.breakers) or "all closed"  # fmt: skip
+    tripped = [b for b in status.breakers if str(b.get("state")).lower() != "closed"]
+    breakers = ", ".join(
+        f"{b.get('stage')}/{b.get('name')} {b.get('state')} ({b.get('last_error') or '-'})"
+        for b in tripped
+    ) or (f"all {len(status.breakers)} closed" if status.breakers else "-")
     health.add_row("circuit breakers", breakers)
     for error in status.errors:
         health.add_row("[red]unreadable[/]", error)

@@ -22,6 +22,7 @@ import httpx
 import msgspec
 
 from k2.errors import ConnectionLost, ExchangeError, K2Error, RateLimited, UnknownSymbol
+from k2.ops.breaker import CircuitBreaker
 from k2.ops.log import get_logger
 from k2.sources.binance import spec
 from k2.sources.supervisor import Backoff, Sleep, retry
@@ -69,6 +70,7 @@ class BinanceRest:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         max_concurrency: int = 4,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -78,6 +80,7 @@ class BinanceRest:
         self._timeout_s = timeout_s
         self._max_retries = max_retries
         self._backoff = backoff if backoff is not None else Backoff()
+        self._breaker = breaker
         self._sleep = sleep
         self._clock = clock
         self._paused_until = 0.0
@@ -147,6 +150,8 @@ class BinanceRest:
         url = self.base_url + path
 
         async def once() -> bytes:
+            if self._breaker is not None:  # open: fail at once, retry() backs off
+                return await self._breaker.acall(self._get_once, url, path, params)
             return await self._get_once(url, path, params)
 
         return await retry(

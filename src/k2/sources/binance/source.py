@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pyarrow as pa
 
 from k2.errors import UnknownSymbol
+from k2.ops.breaker import CircuitBreaker
 from k2.ops.clock import utc_now_us
 from k2.quality.rejects import Reject
 from k2.records import REFERENCE
@@ -45,6 +46,7 @@ class BinanceSource:
         batch_max_frames: int = 5000,
         batch_max_wait_s: float = 0.05,
         clock_us: Callable[[], int] = utc_now_us,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._symbols = [s.upper() for s in symbols]
         self._data_types = list(data_types)
@@ -56,7 +58,8 @@ class BinanceSource:
         self._batch_wait_s = batch_max_wait_s
         self._clock_us = clock_us
         self._rest_url = rest_url
-        self._rest = BinanceRest(rest_url)
+        self._breaker = breaker
+        self._rest = BinanceRest(rest_url, breaker=breaker)
         self._parser = FrameParser(source="binance.ws")
         self._stream: BinanceStream | None = None
         self._reference = REFERENCE.empty_batch()
@@ -110,6 +113,7 @@ class BinanceSource:
             max_streams_per_connection=self._max_streams,
             max_connection_age_s=self._max_age_s,
             clock_us=self._clock_us,
+            breaker=self._breaker,
         )
         self._stream.start()
 

@@ -51,6 +51,7 @@ from k2.errors import (
     TerminalError,
     TransientError,
 )
+from k2.ops.breaker import CircuitBreaker
 from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger, new_correlation_id
 from k2.sources.binance import spec
@@ -185,6 +186,7 @@ class BinanceStream:
         max_frame_bytes: int = 2**20,
         max_buffered_frames: int = 100_000,
         compression: bool = False,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if max_streams_per_connection < 1:
             raise ConfigError("max_streams_per_connection must be >= 1")
@@ -200,6 +202,7 @@ class BinanceStream:
         self._max_age_s = max_connection_age_s
         self._handover_timeout_s = handover_timeout_s
         self._backoff = backoff if backoff is not None else Backoff()
+        self._breaker = breaker
         self._attempts = (
             attempt_limiter
             if attempt_limiter is not None
@@ -652,8 +655,15 @@ class BinanceStream:
                 error=str(exc),
             )
 
+        breaker = self._breaker
+
+        def attempt() -> Awaitable[_Connection]:
+            # Through the exchange's circuit breaker, if any: while it is open, an
+            # attempt fails at once (CircuitOpen, transient) and retry() backs off.
+            return breaker.acall(self._open, shard) if breaker else self._open(shard)
+
         opening = retry(
-            lambda: self._open(shard),
+            attempt,
             backoff=self._backoff,
             on_retry=note,
             what=f"binance connect shard {shard.index}",
