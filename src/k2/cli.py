@@ -357,6 +357,74 @@ def status(
         _fail(ConfigError(f"--format {fmt!r}: use table or json"))
 
 
+chaos_app = typer.Typer(
+    help="Fault experiments on a running platform (`k2 up`, preferably --simulate): "
+    "each injects one fault, watches K2 react and recover, and reports what it saw.",
+    no_args_is_help=True,
+)
+app.add_typer(chaos_app, name="chaos")
+ChaosFormatOpt = Annotated[str, typer.Option("--format", help="text or json.")]
+
+
+def _chaos(run: Any, fmt: str) -> None:
+    """Run one experiment (progress on stderr), print its result, exit 1 unless K2
+    recovered."""
+    from k2.ops import chaos
+
+    try:
+        settings = _settings(None, "WARNING")
+        result = run(chaos, settings, lambda line: typer.echo(line, err=True))
+    except K2Error as exc:
+        _fail(exc)
+        return
+    body = result.as_dict()
+    if fmt == "json":
+        print(json.dumps(body, indent=2, default=str))
+    else:
+        for key, value in body.items():
+            if not isinstance(value, list):
+                typer.echo(f"{key}: {value}")
+    if not body.get("recovered", True):
+        raise typer.Exit(code=1)
+
+
+@chaos_app.command("high-lag")
+def chaos_high_lag(
+    seconds: Annotated[float, typer.Option(help="How long the sink is paused.")] = 30.0,
+    fmt: ChaosFormatOpt = "text",
+) -> None:
+    """Pause the lake sink (SIGSTOP) so the log lag grows: the capture degrades level by
+    level and sheds by priority; resumed, it steps back down and backfills the shed."""
+    _chaos(lambda c, st, say: c.high_lag(st, seconds, say=say), fmt)
+
+
+@chaos_app.command("kill-sink")
+def chaos_kill_sink(fmt: ChaosFormatOpt = "text") -> None:
+    """SIGKILL the lake sink: k2 up restarts it and the lake catches up, exactly once."""
+    _chaos(lambda c, st, say: c.kill_sink(st, say=say), fmt)
+
+
+@chaos_app.command("disconnect-exchange")
+def chaos_disconnect_exchange(
+    seconds: Annotated[float, typer.Option(help="How long the exchange refuses.")] = 10.0,
+    fmt: ChaosFormatOpt = "text",
+) -> None:
+    """Cut every WebSocket to the simulator and refuse new ones for a while (needs
+    `k2 up --simulate`): the capture reconnects with backoff and repairs the gap."""
+    _chaos(lambda c, st, say: c.disconnect_exchange(st, seconds, say=say), fmt)
+
+
+@chaos_app.command("slow-storage")
+def chaos_slow_storage(
+    delay: Annotated[float, typer.Option(help="Seconds added before each lake commit.")] = 6.0,
+    seconds: Annotated[float, typer.Option(help="How long storage stays slow.")] = 30.0,
+    fmt: ChaosFormatOpt = "text",
+) -> None:
+    """Make every lake commit slow for a while: lag builds up, the capture degrades,
+    and everything recovers once storage is fast again."""
+    _chaos(lambda c, st, say: c.slow_storage(st, delay, seconds, say=say), fmt)
+
+
 dlq_app = typer.Typer(
     help="Dead letters: rejected frames kept with their reason and raw payload.",
     no_args_is_help=True,
@@ -512,7 +580,9 @@ def sink(
         signal.signal(sig, lambda *_: stop.set())
     try:
         settings = _settings(log_format, log_level)
-        stats = run_sink(settings, stop=stop, max_seconds=max_seconds, until_idle=until_idle)
+        stats = run_sink(
+            settings, stop=stop, max_seconds=max_seconds, until_idle=until_idle, observe=True
+        )
     except K2Error as exc:
         _fail(exc)
         return

@@ -6,11 +6,20 @@ WebSocket paths, as on ``stream.binance.com``: ``/ws`` and ``/ws/<stream>[/<stre
 an invalid stream, more than ``max_streams`` streams or an unknown ``timeUnit`` is
 refused with HTTP 400 before the upgrade. REST lives under ``/api/v3`` (see
 :mod:`k2.simulator.rest`).
+
+One endpoint is K2's own, not Binance's, for chaos experiments (``k2 chaos
+disconnect-exchange``): ``POST /k2/chaos/disconnect?seconds=N`` drops every WebSocket
+connection at once (the TCP connection is cut without a close frame, as a network
+outage would) and answers new WebSocket upgrades with HTTP 503 for ``N`` seconds, so
+clients must back off and reconnect; REST keeps answering, so gaps can be repaired.
+A new call replaces the outage in progress (``seconds=0`` ends it). It returns
+``{"closed": <connections dropped>, "until": <unix seconds>}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
@@ -35,6 +44,8 @@ __all__ = ["SimulatorServer", "run_simulator"]
 _log = get_logger(__name__)
 
 _TIME_UNITS = {"MILLISECOND": False, "MICROSECOND": True}
+#: Longest outage the chaos endpoint accepts, in seconds.
+_MAX_OUTAGE_S = 3600.0
 
 
 class SimulatorServer:
@@ -64,6 +75,7 @@ class SimulatorServer:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._port: int | None = None
+        self._refuse_until = -math.inf  # on clock.monotonic(): WebSocket upgrades get 503
         self.recording: Recording | None = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -91,6 +103,7 @@ class SimulatorServer:
                 web.get("/ws", self._websocket),
                 web.get("/ws/{streams:.*}", self._websocket),
                 web.get("/stream", self._websocket),
+                web.post("/k2/chaos/disconnect", self._chaos_disconnect),
             ]
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
@@ -205,9 +218,54 @@ class SimulatorServer:
         self.replay_done.set()
         _log.info("replay delivered", stats=self.stats.snapshot())
 
+    # -- chaos (K2's own endpoint, not Binance's) -----------------------------------------
+
+    def disconnect_all(self, seconds: float) -> int:
+        """Drop every WebSocket connection now (no close frame: clients see 1006) and
+        refuse WebSocket upgrades with HTTP 503 for the next ``seconds`` (replacing any
+        outage in progress; 0 ends it); REST is unaffected. Returns how many
+        connections were dropped."""
+        self._refuse_until = self.clock.monotonic() + seconds
+        connections = list(self._hub.connections)
+        for connection in connections:
+            connection.abort()
+        self.stats.disconnects_forced += len(connections)
+        _log.warning("chaos: dropped every connection", closed=len(connections), seconds=seconds)
+        return len(connections)
+
+    def _refusing_for(self) -> float:
+        """Seconds WebSocket upgrades are still refused (0 when they are accepted)."""
+        return max(0.0, self._refuse_until - self.clock.monotonic())
+
+    async def _chaos_disconnect(self, request: web.Request) -> web.Response:
+        raw = request.query.get("seconds", "")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds <= _MAX_OUTAGE_S:  # also false for NaN
+            return web.json_response(
+                {"msg": f"seconds must be a number from 0 to {_MAX_OUTAGE_S:.0f}, got {raw!r}"},
+                status=400,
+            )
+        closed = self.disconnect_all(seconds)
+        until = self.clock.time_us() / 1e6 + seconds
+        return web.json_response({"closed": closed, "until": until})
+
+    def _refused(self, remaining: float) -> web.Response:
+        response = web.json_response(
+            {"msg": f"K2 simulator: exchange outage (chaos), back in {remaining:.1f} s"},
+            status=503,
+        )
+        response.headers["Retry-After"] = str(math.ceil(remaining))
+        return response
+
     # -- WebSocket ----------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        remaining = self._refusing_for()
+        if remaining > 0:
+            return self._refused(remaining)
         combined = request.path.startswith("/stream")
         if combined:
             raw_streams = request.query.get("streams", "")
@@ -235,6 +293,9 @@ class SimulatorServer:
         writer = await ws.prepare(request)
         transport = request.transport
         if transport is None:
+            return ws
+        if self._refusing_for() > 0:  # an outage began during the handshake
+            transport.abort()
             return ws
         connection = Connection(
             self._hub,
