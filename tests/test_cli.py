@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,10 +117,22 @@ def test_capture_reports_an_unknown_symbol_clearly(simulator: int) -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = run_k2("demo", "--seconds", "2", "--out", str(tmp_path / "d.ndjson"), timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "captured exactly once" in result.stdout
+def test_demo_runs_end_to_end_and_again_on_the_same_data(tmp_path: Path) -> None:
+    env = {"K2_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}  # no wrapped lines
+    for run in ("first", "second"):
+        result = run_k2("demo", "--seconds", "4", timeout=180, env=env)
+        out = result.stdout
+        assert result.returncode == 0, f"{run} run:\n{out}\n{result.stderr}"
+        assert "is there exactly once" in out, out
+        for section in ("Faults the simulator injected", "Lake snapshots", "Bars:",
+                        "A hybrid query over HTTP", "/ready 200"):  # fmt: skip
+            assert section in out, f"{run} run lacks {section!r}"
+        assert re.search(r"over 100 calls p50 [0-9.]+ ms, p99 [0-9.]+ ms", out)
+    # The data stays for k2 query.
+    query = run_k2("query", "trades", "--symbol", "BTCUSDT", "--limit", "2", "--format",
+                   "json", env=env)  # fmt: skip
+    assert query.returncode == 0, query.stderr
+    assert len(json.loads(query.stdout)["data"]) == 2
 
 
 def test_ingest_command_fills_the_embedded_log(simulator: int, tmp_path: Path) -> None:

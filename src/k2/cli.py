@@ -264,16 +264,21 @@ def simulate(
 
 @app.command()
 def demo(
-    seconds: Annotated[float, typer.Option(help="How long to stream.")] = 8.0,
-    out: Annotated[Path | None, typer.Option(help="Where to keep the captured NDJSON.")] = None,
+    seconds: Annotated[float, typer.Option(help="How long to stream.")] = 20.0,
     log_level: LogLevelOpt = "ERROR",
 ) -> None:
-    """Start the simulator, capture from it with faults injected, and print a tour."""
+    """The whole platform on the local simulator (faults on), then a tour of the run.
+
+    Starts the simulator, then ingest, sink and API as `k2 up` runs them; streams for
+    SECONDS; times a hybrid query through the REST API; stops cleanly and shows what
+    was captured (checked against the simulator), repairs, snapshots, a query, bars,
+    latency and health. The data stays in DATA_DIR for `k2 query`.
+    """
     from k2.demo import run_demo
 
     try:
         settings = _settings(None, log_level)
-        asyncio.run(run_demo(settings, seconds=seconds, out=out))
+        asyncio.run(run_demo(settings, seconds=seconds))
     except K2Error as exc:
         _fail(exc)
 

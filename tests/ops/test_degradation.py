@@ -137,7 +137,7 @@ def test_rising_pressure_during_recovery_goes_up_at_once() -> None:
 
 
 def test_records_behind_drive_levels_only_when_configured() -> None:
-    off, _ = make_manager()
+    off, _ = make_manager(lag_records=None)
     assert off.update(0.0, 0.0, lag_records=10**9) is N
     on, _ = make_manager(
         lag_records=Thresholds(soft=1e3, graceful=1e4, aggressive=1e5, circuit_break=1e6)
@@ -280,7 +280,7 @@ def test_ledger_counts_shed_quotes_and_rejects_backwards_ranges() -> None:
 def test_default_settings_are_valid_and_rising() -> None:
     defaults = DegradationSettings()
     assert defaults.lag_s.enter(S) < defaults.lag_s.enter(CB)
-    assert defaults.lag_records is None
+    assert defaults.lag_records is not None and defaults.lag_records.soft == 200_000
     assert defaults.tier1_symbols == ["BTCUSDT", "ETHUSDT"]
 
 

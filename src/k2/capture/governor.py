@@ -82,7 +82,10 @@ class Governor:
         self._last_count = (now, delivered)
         behind, consumed = self._lag() if self._lag is not None else (0, False)
         self.lag_records = behind if consumed else 0
-        self.lag_s = self.lag_records / max(self._rate, 1.0)
+        # Records behind, in seconds of the capture's own flow; until that flow is
+        # measured (the first samples, or a silent market) the record count alone
+        # speaks, through ``degradation.lag_records``.
+        self.lag_s = self.lag_records / self._rate if self._rate >= 1.0 else 0.0
         self.memory_fraction = self._memory()
         return self.manager.update(self.lag_s, self.memory_fraction, float(self.lag_records))
 

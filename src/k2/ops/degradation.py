@@ -129,7 +129,10 @@ class DegradationSettings(BaseModel):
         description="log lag, seconds behind",
     )
     lag_records: Thresholds | None = Field(
-        default=None, description="log lag, records behind (off unless set)"
+        default=Thresholds(
+            soft=200_000, graceful=500_000, aggressive=1_000_000, circuit_break=2_000_000
+        ),
+        description="log lag, records behind (None: off)",
     )
     memory_fraction: Thresholds = Field(
         default=Thresholds(soft=0.70, graceful=0.80, aggressive=0.90, circuit_break=0.95),
