@@ -30,6 +30,7 @@ from tests.api.conftest import ALICE_KEY, ApiLake, FakeClock, keystore
 
 OPERATIONS = [
     ("GET", "/health"),
+    ("GET", "/ready"),
     ("GET", "/metrics"),
     ("GET", "/v1/trades"),
     ("GET", "/v1/trades/recent"),
@@ -66,7 +67,7 @@ def test_every_operation_is_fuzzed(api_schema: Any) -> None:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_no_server_errors(api_schema: Any, method: str, path: str, mode: GenerationMode) -> None:
-    if mode == GenerationMode.NEGATIVE and path in ("/health", "/metrics"):
+    if mode == GenerationMode.NEGATIVE and path in ("/health", "/ready", "/metrics"):
         pytest.skip("no parameters: nothing invalid to generate")
     operation = api_schema[path][method]
     seen: list[int] = []

@@ -2,9 +2,10 @@
 
 :func:`create_app` wires a query engine (shared by every request: DuckDB and the live
 tail are opened once), the key store and a rate limiter into one app. Open, without a
-key: ``/health`` (load balancers), ``/docs`` and ``/openapi.json`` (the contract is not
-a secret) and ``/metrics`` (Prometheus scrapes it on a private network; it holds
-counts, never data). Everything under ``/v1`` needs ``X-API-Key``.
+key: ``/health`` and ``/ready`` (load balancers; :mod:`k2.api.ready`), ``/docs`` and
+``/openapi.json`` (the contract is not a secret) and ``/metrics`` (Prometheus scrapes
+it on a private network; it holds counts, never data). Everything under ``/v1`` needs
+``X-API-Key``.
 
 Errors are ``application/problem+json`` (:mod:`k2.api.problems`): query errors with
 their code and status, invalid parameters as 400 naming the parameter, anything
@@ -30,6 +31,7 @@ from k2.api.metrics import ApiMetrics
 from k2.api.middleware import ApiMiddleware
 from k2.api.problems import HTTP_CODES, PROBLEM_MEDIA_TYPE, ApiProblem, problem_body
 from k2.api.ratelimit import RateLimiter
+from k2.api.ready import ReadinessChecker, ready_router
 from k2.api.routes import QueryService, build_router
 from k2.config import Settings
 from k2.errors import TransientError
@@ -54,16 +56,20 @@ def create_app(
     metrics: ApiMetrics | None = None,
     lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None = None,
     status: Callable[[], dict[str, Any]] | None = None,
+    readiness: ReadinessChecker | None = None,
 ) -> FastAPI:
     """The API over ``engine`` (not closed by the app: its owner closes it, or
     ``lifespan`` does at shutdown).
 
     ``clock`` (seconds, monotonic) drives the rate limiter: tests pass a fake one.
     ``metrics`` defaults to a fresh registry per app. ``status`` adds fields to
-    ``/health`` (the server reports the live tail there).
+    ``/health`` (the server reports the live tail there). ``readiness`` answers
+    ``/ready`` (default: a checker of ``settings`` opening its own log handle); the app
+    closes it at shutdown.
     """
     metrics = metrics or ApiMetrics()
     limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_limit_burst, clock=clock)
+    readiness = readiness or ReadinessChecker(settings)
 
     async def authorize(
         request: Request, api_key: Annotated[str | None, Security(_api_key)] = None
@@ -98,7 +104,7 @@ def create_app(
         description="Trades, quotes, bars and SQL over K2's Iceberg lake and the live log "
         "tail. Decimals are exact strings, timestamps ISO-8601 UTC with Z. Errors are "
         "application/problem+json. /v1 needs an X-API-Key header.",
-        lifespan=_with_thread_limit(settings.api.threads, lifespan),
+        lifespan=_with_thread_limit(settings.api.threads, lifespan, on_close=readiness.close),
     )
     app.add_middleware(ApiMiddleware, metrics=metrics)
     _install_error_handlers(app)
@@ -117,6 +123,7 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    app.include_router(ready_router(readiness))
     app.include_router(
         build_router(engine, settings, metrics),
         dependencies=[Security(authorize)],
@@ -127,9 +134,13 @@ def create_app(
 
 
 def _with_thread_limit(
-    threads: int, lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None
+    threads: int,
+    lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None,
+    *,
+    on_close: Callable[[], None] | None = None,
 ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """``lifespan``, first setting how many threads run the (sync) query endpoints.
+    """``lifespan``, first setting how many threads run the (sync) query endpoints, and
+    calling ``on_close`` after it at shutdown.
 
     Starlette's default is 40; under load they take turns at the GIL around every
     small Arrow call. Measured on 2 cores, /v1/trades/recent with 16 connections:
@@ -141,11 +152,15 @@ def _with_thread_limit(
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        if lifespan is None:
-            yield
-            return
-        async with lifespan(app):
-            yield
+        try:
+            if lifespan is None:
+                yield
+                return
+            async with lifespan(app):
+                yield
+        finally:
+            if on_close is not None:
+                on_close()
 
     return run
 

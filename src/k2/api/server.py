@@ -188,6 +188,7 @@ def serve(settings: Settings, *, announce: Callable[[str], None] | None = None) 
     runtime = open_runtime(settings, live=settings.query.tail)
     try:
         from k2.api.app import create_app
+        from k2.api.ready import ReadinessChecker
 
         app = create_app(
             runtime.engine,
@@ -195,6 +196,7 @@ def serve(settings: Settings, *, announce: Callable[[str], None] | None = None) 
             keystore=store,
             status=runtime.status,
             metrics=runtime.metrics(),
+            readiness=ReadinessChecker(settings, log=runtime.log),
         )
         _log.info(
             "api.listening",
@@ -230,6 +232,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 def app_from_env() -> FastAPI:
     """A worker's app: settings from the environment, its own runtime, closed at shutdown."""
     from k2.api.app import create_app
+    from k2.api.ready import ReadinessChecker
 
     settings = load_settings()
     configure_logging(settings.logging.format, settings.logging.level)
@@ -250,4 +253,5 @@ def app_from_env() -> FastAPI:
         lifespan=lifespan,
         status=runtime.status,
         metrics=runtime.metrics(),
+        readiness=ReadinessChecker(settings, log=runtime.log),
     )
