@@ -161,3 +161,32 @@ def test_k2_up_restarts_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> No
     assert {g["status"] for g in gaps} == {"repaired"}, gaps
     text = out.read_text()
     assert "K2 stopped." in text
+
+
+def test_an_unreachable_exchange_is_said_plainly_with_the_way_out(tmp_path: Path) -> None:
+    """Nothing listens at the exchange's address: k2 up keeps the capture retrying and
+    says what is wrong and how to use the simulator instead."""
+    dead = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("K2_")},
+        "K2_DATA_DIR": str(tmp_path / "data"),
+        "K2_BINANCE__WS_URL": f"ws://127.0.0.1:{dead}",
+        "K2_BINANCE__REST_URL": f"http://127.0.0.1:{dead}",
+        "K2_OPS__EXCHANGE_WARN_AFTER_S": "1",
+        "K2_OPS__INGEST_METRICS_PORT": "0",
+        "K2_LOGGING__LEVEL": "ERROR",
+    }
+    out = tmp_path / "up.out"
+    with out.open("wb") as fh:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "k2", "up", "--only", "ingest"], env=env, stdout=fh, stderr=fh
+        )
+    try:
+        _until(lambda: "cannot reach the exchange" in out.read_text(), "the warning", 60)
+        assert up.poll() is None, "k2 up must keep retrying, not exit"
+    finally:
+        up.terminate()
+        up.wait(60)
+    text = out.read_text()
+    assert f"ws://127.0.0.1:{dead}" in text
+    assert "k2 up --simulate" in text
