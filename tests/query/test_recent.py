@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from k2.config import LakeSettings, QuerySettings
 from k2.lake.catalog import catalog_from
@@ -161,3 +163,77 @@ def test_quiet_symbols_are_answered_from_memory_and_typos_are_404(
         engine.trades("BTCUSDX", start=_dt(cut.floor_us), end=_dt(NOW_US))
     assert err.value.code == "unknown-symbol"
     engine.close()
+
+
+def _keys(table: object) -> list[tuple[int, int]]:
+    import pyarrow as pa
+
+    assert isinstance(table, pa.Table)
+    ts = table.column("timestamp").cast(pa.int64()).to_pylist()
+    return list(zip(ts, table.column("trade_id").to_pylist(), strict=True))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@example(plan=[(30, "next"), (30, "next")], window=(5, 40), k=7, descending=True, in_order=True)
+@example(plan=[(30, "next"), (20, "next")], window=(10, 3000), k=9, descending=False, in_order=True)
+@example(plan=[(30, "next"), (10, "repair"), (5, "again")], window=(0, 3000), k=50,
+         descending=True, in_order=False)  # fmt: skip
+@given(
+    plan=st.lists(
+        st.tuples(st.integers(5, 40), st.sampled_from(["next", "next", "next", "repair", "again"])),
+        min_size=1,
+        max_size=60,
+    ),
+    window=st.tuples(st.integers(0, 3000), st.integers(1, 3000)),
+    k=st.integers(1, 120),
+    descending=st.booleans(),
+    in_order=st.booleans(),
+)
+def test_newest_and_top_equal_a_full_sort(
+    plan: list[tuple[int, str]],
+    window: tuple[int, int],
+    k: int,
+    descending: bool,
+    in_order: bool,
+) -> None:
+    """Whatever order the log delivers a symbol in (in order, a late repair of older
+    ids, a message twice), the fast paths answer exactly what sorting the window would,
+    or step aside (None)."""
+    from k2.query import recent
+    from k2.query.scan import KEYS, SCHEMAS
+
+    store = RecentStore(window_us=10**12, max_rows=10**9)
+    store.set_floor(T0_US)
+    next_id, held = 1, 0
+    for size, how in plan:
+        if how == "next" or held == 0 or in_order:
+            store.add(make_trades("BTCUSDT", next_id, size))
+            next_id, held = next_id + size, held + size
+        elif how == "repair":  # older ids, delivered late (a gap repair)
+            first = max(1, next_id - size - 5)
+            store.add(make_trades("BTCUSDT", first, min(size, next_id - first)))
+        else:  # the same messages again
+            first = max(1, next_id - size)
+            store.add(make_trades("BTCUSDT", first, next_id - first))
+    cut = store.cut()
+    assert cut is not None
+    start = T0_US + window[0] * MS
+    end = start + window[1] * MS
+    way = "descending" if descending else "ascending"
+    keys = [(c, way) for c in KEYS["trades"]]
+    everything = recent.answer(cut, ("BTCUSDT",), start, end, None, SCHEMAS["trades"])
+    fast = recent.newest(cut, "BTCUSDT", start, end, k, descending)
+    assert (fast is not None) == (in_order or all(how == "next" for _, how in plan[1:]))
+    if fast is not None:
+        assert everything is not None, "an ordered symbol holds each message once"
+        assert _keys(fast) == _keys(everything.sort_by(keys).slice(0, k))
+    found = recent.answer(
+        cut, ("BTCUSDT",), start, end, None, SCHEMAS["trades"], check_unique=False
+    )
+    assert found is not None
+    picked = recent.top(found, keys, k)
+    if picked is not None:
+        unique = found.sort_by(keys)  # the reference: sorted, each message once
+        reference = _keys(unique)[:k]
+        assert _keys(picked) == reference
+        assert len(set(reference)) == len(reference)

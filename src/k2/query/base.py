@@ -47,6 +47,11 @@ class RecentCut:
 
     floor_us: int
     by_symbol: Mapping[str, pa.Table]
+    #: Per symbol, the ``(min, max)`` timestamp (UTC µs) of each chunk of its table, in
+    #: chunk order, so a query can skip chunks outside its window.
+    bounds: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    #: The symbols whose rows are in key order across their chunks (each message once).
+    ordered: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

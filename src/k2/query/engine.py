@@ -49,6 +49,7 @@ from k2.query.hybrid import (
 )
 from k2.query.lake import LakeState, LakeTables
 from k2.query.scan import (
+    KEYS,
     SCHEMAS,
     Order,
     RowFilter,
@@ -56,7 +57,6 @@ from k2.query.scan import (
     decode_cursor,
     encode_cursor,
     last_key,
-    sort_rows,
     top_rows,
 )
 from k2.query.symbols import SymbolBook
@@ -342,12 +342,26 @@ class QueryEngine:
         cut = view.recent
         if cut is None or flt.start_us is None:
             return None
-        found = recent_mod.answer(
-            cut, syms, flt.start_us, flt.end_us, flt.exchange, SCHEMAS[flt.data_type]
-        )
-        if found is None:
-            return None
-        rows = sort_rows(found, flt.data_type, direction)
+        # The page and one more row (is there a next page?). One symbol in key order:
+        # read off the window's end. Otherwise the window's rows, the first n + 1 picked
+        # without sorting them all; a message the log holds twice among those sends the
+        # query the general way.
+        rows = None
+        if len(syms) == 1 and flt.exchange is None:
+            rows = recent_mod.newest(
+                cut, syms[0], flt.start_us, flt.end_us, n + 1, direction == "desc"
+            )
+        if rows is None:
+            found = recent_mod.answer(
+                cut, syms, flt.start_us, flt.end_us, flt.exchange, SCHEMAS[flt.data_type],
+                check_unique=False,
+            )  # fmt: skip
+            if found is None:
+                return None
+            way = "descending" if direction == "desc" else "ascending"
+            rows = recent_mod.top(found, [(k, way) for k in KEYS[flt.data_type]], n + 1)
+            if rows is None:
+                return None
         page = rows.slice(0, n)
         quiet = tuple(s for s in syms if s not in cut.by_symbol)
         if quiet:  # no recent rows: a real but quiet symbol, or a typo (404)
