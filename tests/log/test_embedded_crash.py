@@ -53,13 +53,20 @@ def _acked(acks: Path) -> list[tuple[int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_sigkill_never_loses_or_repeats_an_acknowledged_batch(tmp_path: Path) -> None:
     directory, acks = tmp_path / "log", tmp_path / "acks.txt"
     rng = random.Random(20240405)
     started = time.monotonic()
     for run in range(KILLS):
+        before = len(_acked(acks))
         proc = _start(directory, acks, run)
+        # Let each run get at least one batch acknowledged (a loaded machine may be slow
+        # to start producing), then kill it at a random moment of its writing.
+        deadline = time.monotonic() + 20
+        while len(_acked(acks)) <= before:
+            assert time.monotonic() < deadline, f"run {run} acknowledged nothing in 20 s"
+            time.sleep(0.005)  # polling the acks file, with a deadline
         time.sleep(rng.uniform(0.0, 0.25))  # when to kill, not a synchronisation
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL, f"run {run} exited on its own"
