@@ -62,6 +62,9 @@ class CaptureSettings(BaseModel):
     max_future_skew_s: float = Field(
         60.0, gt=0, description="reject timestamps further than this in the future"
     )
+    stop_repair_timeout_s: float = Field(
+        20.0, gt=0, description="at stop: longest wait for repairs (the next start finishes them)"
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -107,3 +107,58 @@ async def test_a_hole_left_by_a_killed_capture_is_repaired_on_resume(tmp_path: P
     assert len(ids) == len(set(ids)) and ids == list(range(ids[0], ids[-1] + 1))
     first.close()
     second.close()
+
+
+def test_a_stop_with_the_exchange_gone_is_prompt_and_leaves_the_rest_to_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the exchange cannot be reached: the ingest does not wait out its
+    retries (the next start repairs from where the log ends); it stops within its
+    stop-repair timeout and says why."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.ports import free_port
+
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "k2", "simulate", "--port", str(port), "--rate", "500"],
+        env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = tmp_path / "ingest.out"
+    env = {
+        **base,
+        "K2_DATA_DIR": str(tmp_path / "data"),
+        "K2_BINANCE__WS_URL": f"ws://127.0.0.1:{port}",
+        "K2_BINANCE__REST_URL": f"http://127.0.0.1:{port}",
+        "K2_OPS__INGEST_METRICS_PORT": "0",
+        "K2_CAPTURE__STOP_REPAIR_TIMEOUT_S": "2",
+        "K2_LOGGING__LEVEL": "WARNING",
+    }
+    with out.open("wb") as fh:
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "k2", "ingest"], env=env, stdout=fh, stderr=fh
+        )
+    try:
+        status = tmp_path / "data" / "run" / "ingest.json"
+        deadline = time.monotonic() + 60
+        while '"connections":1' not in (status.read_text() if status.exists() else ""):
+            assert time.monotonic() < deadline, out.read_text()[-2000:]
+            time.sleep(0.05)  # polling a condition, with a deadline
+        sim.kill()  # the exchange is gone, REST included
+        sim.wait(10)
+        ingest.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        code = ingest.wait(60)
+        took = time.monotonic() - began
+    finally:
+        for proc in (ingest, sim):
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, out.read_text()[-2000:]
+    assert took < 30, f"the stop took {took:.0f} s"
+    assert "did not answer at stop" in out.read_text()

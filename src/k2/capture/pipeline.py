@@ -19,6 +19,7 @@ import pyarrow as pa
 from k2.capture.governor import Governor
 from k2.capture.output import CaptureOutput, OutputBatch
 from k2.capture.resume import ResumePoint
+from k2.errors import TransientError
 from k2.ops.clock import utc_now_us
 from k2.ops.degradation import ShedRange
 from k2.ops.log import bind_correlation, get_logger, new_correlation_id
@@ -64,6 +65,9 @@ class CaptureOptions:
     max_future_skew_s: float = 60.0
     repair_attempts: int = 5
     tail_check: bool = True
+    #: At stop, how long repairs and the tail fetch may take; what is still open then
+    #: is left to the next start, which resumes where the log ends and repairs it.
+    stop_repair_timeout_s: float = 20.0
 
 
 class CapturePipeline:
@@ -254,11 +258,27 @@ class CapturePipeline:
             self._start_repair(gap)
         if self._governor is not None:
             self._backfill_shed(self._governor.backfill_due(force=True))
+        try:
+            await asyncio.wait_for(self._settle(), timeout=self._opts.stop_repair_timeout_s)
+        except (TimeoutError, TransientError) as exc:
+            for task in list(self._repairs):
+                task.cancel()
+            await asyncio.gather(*list(self._repairs), return_exceptions=True)
+            log.warning(
+                "the exchange did not answer at stop; the gaps still open are repaired "
+                "by the next start, which resumes where the log ends",
+                error=repr(exc) if not isinstance(exc, TimeoutError) else "timed out",
+                timeout_s=self._opts.stop_repair_timeout_s,
+            )
+        await self._out.flush()
+
+    async def _settle(self) -> None:
+        """Finish the repairs under way, then fetch what was printed after the last
+        trade received per symbol."""
         while self._repairs:
             await asyncio.gather(*list(self._repairs))
         if self._opts.tail_check:
             await self._fetch_tails()
-        await self._out.flush()
 
     async def _fetch_tails(self) -> None:
         until = self._stopped_at_us or self._clock_us()

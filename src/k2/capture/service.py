@@ -52,6 +52,7 @@ def options_from(settings: Settings) -> CaptureOptions:
         dedup_max_entries=c.dedup_max_entries,
         gap_grace_s=c.gap_grace_s,
         max_future_skew_s=c.max_future_skew_s,
+        stop_repair_timeout_s=c.stop_repair_timeout_s,
     )
 
 
