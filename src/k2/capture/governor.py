@@ -71,15 +71,15 @@ class Governor:
         self.memory_fraction = 0.0
         self.metrics: Metrics | None = None
 
-    def sample(self, delivered: int) -> Level:
-        """Measure the pressures and update the level; ``delivered`` is the capture's
-        running count of records written (for the rate that turns records into
-        seconds). Blocking (it reads the log): call it from a thread."""
+    def sample(self, offered: int) -> Level:
+        """Measure the pressures and update the level; ``offered`` is the capture's
+        running count of records received and kept or shed (for the rate that turns
+        records into seconds). Blocking (it reads the log): call it from a thread."""
         now = self._clock()
         if self._last_count is not None and now > self._last_count[0]:
-            rate = (delivered - self._last_count[1]) / (now - self._last_count[0])
+            rate = (offered - self._last_count[1]) / (now - self._last_count[0])
             self._rate = rate if self._rate == 0 else 0.7 * self._rate + 0.3 * rate
-        self._last_count = (now, delivered)
+        self._last_count = (now, offered)
         behind, consumed = self._lag() if self._lag is not None else (0, False)
         self.lag_records = behind if consumed else 0
         # Records behind, in seconds of the capture's own flow; until that flow is

@@ -217,7 +217,12 @@ class CapturePipeline:
             return
         while True:
             await asyncio.sleep(self._sample_interval_s)  # a periodic sample
-            await asyncio.to_thread(governor.sample, self.stats.trades + self.stats.quotes)
+            # The rate that turns lag into seconds is what the exchange offers, shed
+            # records included: the delivered rate falls while shedding, which would
+            # inflate the lag in seconds and shed ever more.
+            s = self.stats
+            offered = s.trades + s.quotes + s.trades_shed + s.quotes_shed
+            await asyncio.to_thread(governor.sample, offered)
             self._backfill_shed(governor.backfill_due())
 
     def _backfill_shed(self, ranges: list[ShedRange]) -> None:

@@ -31,11 +31,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from k2.errors import TerminalError, TransientError
+from k2.errors import K2Error, TerminalError, TransientError
 from k2.lake.sink_offsets import offsets_properties
 from k2.lake.writer import SMALL_ZSTD_LEVEL, write_files
 
 if TYPE_CHECKING:
+    from pyiceberg.io.pyarrow import ArrowScan
     from pyiceberg.manifest import DataFile
     from pyiceberg.table import FileScanTask, Table
 
@@ -146,7 +147,11 @@ def _compact_once(table: Table, small_file_bytes: int, min_files: int) -> Compac
     rows = 0
     write_uuid = uuid.uuid4()
     for tasks in chosen.values():
-        data = ArrowScan(metadata, table.io, table.schema(), AlwaysTrue()).to_table(tasks)
+        scan = ArrowScan(metadata, table.io, table.schema(), AlwaysTrue())
+        try:
+            data = scan.to_table(tasks)
+        except (OSError, ValueError) as exc:  # pyarrow's errors for a damaged file
+            raise _unreadable(table, scan, tasks, exc) from exc
         if sort_columns and data.num_rows > 1:
             data = data.sort_by([(c, "ascending") for c in sort_columns])
         rows += data.num_rows
@@ -185,6 +190,23 @@ def _compact_once(table: Table, small_file_bytes: int, min_files: int) -> Compac
         rows=rows,
         snapshot_id=snap.snapshot_id if snap is not None else None,
     )
+
+
+def _unreadable(
+    table: Table, scan: ArrowScan, tasks: list[FileScanTask], exc: Exception
+) -> K2Error:
+    """The error for a partition whose files could not be read: which file is damaged
+    (each is read alone to find it), and that nothing was changed."""
+    for task in tasks:
+        try:
+            scan.to_table([task])
+        except (OSError, ValueError) as file_exc:
+            return MaintenanceError(
+                f"{'.'.join(table.name())}: data file {task.file.file_path} cannot be read "
+                f"({file_exc}): it is corrupt or truncated. Compaction stopped and changed "
+                "nothing; restore the file (or remove it from the table), then run it again."
+            )
+    return TransientError(f"{'.'.join(table.name())}: reading files to compact failed: {exc}")
 
 
 def expire_snapshots(

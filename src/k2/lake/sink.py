@@ -45,7 +45,7 @@ from k2.lake.sink_offsets import encode_offsets, lake_offsets, offsets_key
 from k2.lake.tables import TABLE_DEFS, TableDef, ensure_tables, sort_for
 from k2.log.base import Consumer, Log, LogBatch, TopicPartition
 from k2.log.topics import TopicLayout
-from k2.ops.breaker import BreakerRegistry, BreakerState
+from k2.ops.breaker import BreakerRegistry, BreakerState, counts_as_failure
 from k2.ops.clock import utc_now_us
 from k2.ops.log import get_logger
 from k2.quality.rejects import Reject, RejectReason
@@ -210,7 +210,13 @@ class LakeSink:
                 and (self._assigned == assigned_before)
             ):
                 break
-        self.flush()
+        try:
+            self.flush()
+        except StoreUnavailable as exc:
+            # Stopping during an outage: what is held stays in the log, uncommitted,
+            # and the next sink start commits it (the lake's offsets say where).
+            log.warning("stopping with the lake unavailable; records left in the log for the "
+                        "next start", records=self._buffered, error=str(exc))  # fmt: skip
         self.stats.seconds += self._clock() - began
         return self.stats
 
@@ -460,7 +466,11 @@ class LakeSink:
             self.outage_since = self._clock()
         if self._breakers is not None:
             name = "object_store" if _is_object_store_error(exc) else "catalog"
-            self._breakers.get(name).record_failure(exc)
+            # Judged an outage already: count it even when the driver's error type
+            # (e.g. SQLAlchemy's OperationalError for PostgreSQL) is not one the
+            # breaker's default predicate knows, or a catalog outage never opens it.
+            failure = exc if counts_as_failure(exc) else StoreUnavailable(repr(exc))
+            self._breakers.get(name).record_failure(failure)
 
     def _store_ok(self) -> None:
         if self._breakers is not None:

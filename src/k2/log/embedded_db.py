@@ -131,7 +131,7 @@ class LogStorageError(TerminalError):
 # SQLite primary result codes (the low byte of an extended code).
 _BUSY, _LOCKED, _FULL, _CORRUPT, _NOTADB = 5, 6, 13, 11, 26
 _TERMINAL_HINTS = {
-    _FULL: "the disk is full",
+    _FULL: "the disk is full (free space on it, then restart: K2 resumes where the log ends)",
     _CORRUPT: "the database file is corrupt",
     _NOTADB: "the file is not an SQLite database",
     8: "the file is read-only",

@@ -38,7 +38,7 @@ from k2.query import sql as sql_mod
 from k2.query.base import DataType, QueryError, QueryMeta, QueryResult, Tail, TailView
 from k2.query.cache import SnapshotCache, table_rows
 from k2.query.coverage import CoverageCache, add_coverage, coverage_table, rows_coverage
-from k2.query.files import FooterCache, SnapshotIndex, duckdb_filesystem, read_path
+from k2.query.files import DataFile, FooterCache, SnapshotIndex, duckdb_filesystem, read_path
 from k2.query.hybrid import (
     SOURCE_COLUMN,
     clean_tail,
@@ -284,11 +284,9 @@ class QueryEngine:
         key = ("top", index.snapshot_id, flt, read, n + 1)
         lake = self._cache.get(key)
         cached = isinstance(lake, Scan)
-        with _translated():
+        files = index.prune(symbols=syms, exchange=exch, start_us=flt.lo_us, end_us=flt.hi_us)
+        with _translated(conn, files):
             if not isinstance(lake, Scan):
-                files = index.prune(
-                    symbols=syms, exchange=exch, start_us=flt.lo_us, end_us=flt.hi_us
-                )
                 lake = top_rows(conn, files, flt, read, direction, n + 1, self._footers)
                 self._cache.put(key, Scan(lake.table, 0), table_rows(lake.table))
             duplicates = 0
@@ -461,7 +459,10 @@ class QueryEngine:
         files = index.prune(symbols=syms, exchange=exch, start_us=start_us, end_us=end_us)
         conn = self._conn()
         cap = self._settings.max_limit
-        with _translated(), lake_and_tail(conn, flt, files, view, index, _BAR_INPUT) as src:
+        with (
+            _translated(conn, files),
+            lake_and_tail(conn, flt, files, view, index, _BAR_INPUT) as src,
+        ):
             key = ("bars", index.snapshot_id, flt, iv, summary, cap)
             cached = self._cache.get(key) if src.tail_rows == 0 else None
             if isinstance(cached, pa.Table):
@@ -652,11 +653,57 @@ def _opener(filesystem: Any) -> Callable[[str], Any]:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """DuckDB errors as K2 errors: I/O (a file gone, S3 down) is transient."""
+def _translated(
+    conn: duckdb.DuckDBPyConnection | None = None, files: Sequence[DataFile] = ()
+) -> Iterator[None]:
+    """DuckDB (and pyarrow) errors as K2 errors: I/O (a file gone, S3 down) is
+    transient; a damaged data file among ``files`` (read through ``conn``) is a
+    :class:`QueryError` ``lake-file-unreadable`` naming it."""
     try:
         yield
     except duckdb.IOException as exc:
         raise TransientError(f"reading the lake failed: {exc}") from exc
-    except duckdb.Error as exc:
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        damaged = _damaged_file(conn, files, exc) if conn is not None else None
+        if damaged is not None:
+            raise QueryError(
+                f"lake data file {damaged.path} cannot be read ({_first_line(exc)}): it is "
+                "corrupt or truncated. Queries that read it fail until it is restored or "
+                "removed from the table; other symbols and days still answer.",
+                code="lake-file-unreadable",
+                status=500,
+            ) from exc
+        if isinstance(exc, OSError):
+            raise TransientError(f"reading the lake failed: {exc}") from exc
         raise TerminalError(f"query failed: {exc}") from exc
+
+
+#: Files read one by one, at most, to find the damaged one a failed query met.
+_PROBE_FILES = 64
+
+
+def _damaged_file(
+    conn: duckdb.DuckDBPyConnection, files: Sequence[DataFile], exc: BaseException
+) -> DataFile | None:
+    """Which of ``files`` made a read fail with ``exc``: the one the error names, else
+    the first that cannot be read in full on its own. ``None`` when none is found or
+    the storage itself fails (then it is not the file's fault)."""
+    named = [f for f in files if f.read_path in str(exc)]
+    if named:
+        return named[0]
+    for f in files[:_PROBE_FILES]:
+        try:
+            reader = conn.sql(
+                "SELECT * FROM read_parquet(?)", params=[f.read_path]
+            ).to_arrow_reader()
+            for _ in reader or ():
+                pass  # every page decoded, none kept
+        except duckdb.IOException:
+            return None
+        except (duckdb.Error, pa.ArrowException, OSError):
+            return f
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
