@@ -161,6 +161,9 @@ def test_k2_up_restarts_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> No
     assert {g["status"] for g in gaps} == {"repaired"}, gaps
     text = out.read_text()
     assert "K2 stopped." in text
+    # The API's address and its development key are said where the user looks.
+    assert f"API at http://127.0.0.1:{api_port}" in text
+    assert "development key, valid while it runs: X-API-Key: " in text
 
 
 def test_an_unreachable_exchange_is_said_plainly_with_the_way_out(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ class _Stage:
     started_at: float | None = None
     last_exit: int | None = None
     next_start: float = 0.0
+    log_from: int = 0  # where this run's output starts in the stage's log file
+    announced: bool = False
 
 
 def stage_specs(
@@ -175,12 +177,15 @@ class Platform:
             ):
                 stage.backoff.reset()  # healthy for a minute: next crash restarts fast
         self._check_exchange(now)
+        self._announce_api()
         self._write()
 
     def _start(self, stage: _Stage) -> None:
         spec = stage.spec
         logfile = self._run_dir / f"{spec.name}.log"
         stage.output = logfile.open("ab")
+        stage.log_from = stage.output.tell()
+        stage.announced = False
         env = {**os.environ, **spec.env}
         stage.proc = subprocess.Popen(
             spec.argv,
@@ -212,6 +217,27 @@ class Platform:
             + (f": {tail}" if tail else "")
             + f"; restarting in {delay:.1f} s"
         )
+
+    def _announce_api(self) -> None:
+        """Once per API start: where it listens, and its development key if it made
+        one (the key is in the API's own output, which the user does not see)."""
+        api = next((s for s in self._stages if s.spec.name == "api"), None)
+        if api is None or api.proc is None or api.announced:
+            return
+        try:
+            with (self._run_dir / "api.log").open("rb") as fh:
+                fh.seek(api.log_from)
+                text = fh.read(65536).decode(errors="replace")
+        except OSError:
+            return
+        waited = self._clock() - (api.started_at or self._clock())
+        if "Uvicorn running on" not in text and "X-API-Key:" not in text and waited < 5:
+            return
+        api.announced = True
+        port = api.spec.env.get("K2_API__PORT") or str(self._settings.api.port)
+        line = f"API at http://{self._settings.api.host}:{port} (docs at /docs)"
+        key = next((ln.strip() for ln in text.splitlines() if "X-API-Key:" in ln), None)
+        self._say(line + (f"; development key, valid while it runs: {key}" if key else ""))
 
     def _check_exchange(self, now: float) -> None:
         ingest = next((s for s in self._stages if s.spec.name == "ingest"), None)
@@ -321,7 +347,8 @@ def _last_line(path: Path, limit: int = 300) -> str:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - 8192))
-            lines = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+            text = fh.read().decode(errors="replace")
+            lines = [ln for ln in text.splitlines() if ln.strip() and "X-API-Key" not in ln]
     except OSError:
         return ""
     return lines[-1][:limit] if lines else ""
