@@ -62,6 +62,9 @@ def _fail(exc: K2Error) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print K2's version.")] = False,
 ) -> None:
+    from k2.ops.up import die_with_supervisor
+
+    die_with_supervisor()
     if version:
         typer.echo(f"k2 {__version__}")
         raise typer.Exit()

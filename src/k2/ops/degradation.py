@@ -125,7 +125,7 @@ class DegradationSettings(BaseModel):
 
     enabled: bool = Field(True, description="shed by priority when the platform falls behind")
     lag_s: Thresholds = Field(
-        default=Thresholds(soft=5.0, graceful=20.0, aggressive=60.0, circuit_break=180.0),
+        default=Thresholds(soft=15.0, graceful=30.0, aggressive=90.0, circuit_break=180.0),
         description="log lag, seconds behind",
     )
     lag_records: Thresholds | None = Field(

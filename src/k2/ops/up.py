@@ -109,10 +109,23 @@ def stage_specs(
     return [StageSpec(name, argv[name], dict(env)) for name in chosen]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+#: Set in a stage's environment: the supervisor's pid (see :func:`die_with_supervisor`).
+SUPERVISOR_ENV = "K2_SUPERVISOR_PID"
+
+
+def die_with_supervisor() -> None:
+    """In a stage started by ``k2 up``: ask the kernel for SIGTERM when the supervisor
+    dies (Linux ``PR_SET_PDEATHSIG``), and stop at once if it already has. Called at
+    the start of every ``k2`` command; a no-op elsewhere. Done here rather than in a
+    ``preexec_fn``, which is not safe in a process that runs threads."""
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if not expected or sys.platform != "linux":
+        return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != expected:  # the supervisor died before the request took
+        raise SystemExit(f"k2 up (pid {expected}) is gone; not starting")
 
 
 class Platform:
@@ -139,6 +152,7 @@ class Platform:
         self._run_dir = run_dir(settings)
         self._started = clock()
         self._warned_exchange_at: float | None = None
+        self._connected_at: float | None = None
         self.stopping = False
 
     # -- running -------------------------------------------------------------------------
@@ -186,7 +200,7 @@ class Platform:
         stage.output = logfile.open("ab")
         stage.log_from = stage.output.tell()
         stage.announced = False
-        env = {**os.environ, **spec.env}
+        env = {**os.environ, **spec.env, SUPERVISOR_ENV: str(os.getpid())}
         stage.proc = subprocess.Popen(
             spec.argv,
             env=env,
@@ -194,7 +208,6 @@ class Platform:
             stdout=stage.output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only the supervisor, which orders stops
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         stage.state = "running"
         stage.started_at = self._clock()
@@ -247,8 +260,11 @@ class Platform:
         connected = bool(status and status.get("connections", 0) > 0)
         if connected:
             self._warned_exchange_at = None
+            self._connected_at = now
             return
-        waited = now - ingest.started_at
+        # Not connected since the ingest started or last had a connection (a forced
+        # reconnect is seconds, not a reason to warn).
+        waited = now - max(ingest.started_at, self._connected_at or 0.0)
         due = self._warned_exchange_at is None or now - self._warned_exchange_at > 60
         if waited > self._settings.ops.exchange_warn_after_s and due:
             self._warned_exchange_at = now
