@@ -15,15 +15,17 @@ Two archive kinds are understood, both spot, both Binance's documented layout:
   An aggregate never collides with a raw trade, but loading both kinds for the same
   symbol and day counts the volume twice: pick one kind per symbol and day.
 
-Files are headerless CSV; a header line (first field not a number) is accepted and
-skipped. A zip holds exactly one CSV. Times are milliseconds before 2025-01-01 and
-microseconds from then on; each value is classified by magnitude (below 10**14 is ms),
-so a file straddling the switch still reads right. Output times are UTC microseconds.
+Files are headerless, unquoted CSV; a first line holding no number and no boolean is
+a header and is skipped; empty lines are skipped. A zip holds exactly one CSV. Times are
+milliseconds before 2025-01-01 and microseconds from then on; each value is classified
+by magnitude (below 10**14 is ms), so a file straddling the switch still reads right.
+Output times are UTC microseconds; a time must be at or after 1970 and before 9999.
 
-Columns are parsed by ``pyarrow.csv`` straight to ``int64``/``decimal(18, 8)``/``bool``
-(no per-row Python). Any value that does not fit fails the whole archive with an
-:class:`ArchiveError` naming the file, the line and the column: an archive is Binance's
-published record, so a bad line means a wrong or damaged file, not one bad trade.
+Columns are parsed by ``pyarrow.csv`` to ``int64``/``bool``, and price and qty to text
+that is screened and cast to ``decimal(18, 8)`` (no per-row Python). Any value that does
+not fit fails the whole archive with an :class:`ArchiveError` naming the file, the first
+bad line and the column: an archive is Binance's published record, so a bad line means
+a wrong or damaged file, not one bad trade. What a good line is: :func:`_line_problem`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
+import lzma
 import re
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import IO
 
@@ -47,6 +52,7 @@ import pyarrow.csv as pacsv
 from k2.errors import TerminalError
 from k2.records import DECIMAL_PRECISION, DECIMAL_SCALE, TRADE
 from k2.sources.binance.parse import ASSET_CLASS, EXCHANGE, quote_asset_of
+from k2.sources.binance.wire import TIME_LIMIT_US
 
 _DECIMAL = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
 _TS = pa.timestamp("us", tz="UTC")
@@ -102,6 +108,29 @@ _TYPES: dict[str, pa.DataType] = {
     "is_buyer_maker": pa.bool_(),
     "is_best_match": pa.bool_(),
 }
+
+#: price and qty are read as text and checked before Arrow casts them: Arrow's own
+#: decimal reader crashes on some exponents (1E-10000000) and lets values past the
+#: 18-digit precision through.
+_DECIMAL_COLUMNS = ("price", "qty")
+_DECIMAL_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
+_MAX_DECIMAL_TEXT = 20  # "-9999999999.99999999"
+_INT_TEXT = re.compile(r"^-?[0-9]+$")
+_TRUE = ["true", "True", "TRUE"]
+_FALSE = ["false", "False", "FALSE"]
+#: A header is a first line with none of these (a number or a boolean) in it.
+_VALUE = re.compile(rb"[-+]?[0-9.]*[0-9][0-9.]*|true|false", re.IGNORECASE)
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
+_DECIMAL_LIMIT = Decimal(10) ** (DECIMAL_PRECISION - DECIMAL_SCALE)
+#: Binance archives are never quoted: a quote character is data (and then an error).
+_PARSE = pacsv.ParseOptions(quote_char=False)
+_CONVERT = pacsv.ConvertOptions(
+    column_types={c: pa.string() if c in _DECIMAL_COLUMNS else t for c, t in _TYPES.items()},
+    true_values=_TRUE,
+    false_values=_FALSE,
+    strings_can_be_null=False,
+    quoted_strings_can_be_null=False,
+)
 
 _EXPECTED = (
     "a Binance spot trades archive (<SYMBOL>-trades-<date>.zip|csv: "
@@ -237,38 +266,59 @@ def read_archive(
 def parse_csv(data: bytes, kind: ArchiveKind, *, source: str, first_line: int = 1) -> pa.Table:
     """The archive's own columns (Binance names, typed) from CSV bytes.
 
-    A header line is skipped. ``first_line`` is the file line ``data`` starts at (for
-    a chunk of a larger file). Raises :class:`ArchiveError` naming ``source``, the line
-    (1-based, counting a header) and the column when a value does not parse, and when
-    the column count is not the one ``kind`` has (e.g. a kline file).
+    ``first_line`` is the file line ``data`` starts at (for a piece of a larger file);
+    only the piece starting at line 1 may open with a header, which is a line holding no
+    number and no boolean. Empty lines are skipped. Raises :class:`ArchiveError` naming
+    ``source``, the first bad line (1-based, counting a header) and its column when a
+    value does not parse, or when a line's column count is not the one ``kind`` has
+    (e.g. a kline file). See :func:`_line_problem` for what a good line is.
     """
     columns = kind.columns
-    head = data[: data.find(b"\n")] if b"\n" in data else data
-    first = head.split(b",")
-    if not data.strip():
-        return pa.table({c: pa.array([], _TYPES[c]) for c in columns})
-    has_header = not first[0].strip().lstrip(b"-").isdigit()
-    if len(first) != len(columns):
+    start, line = _skip_empty_lines(data, 0, first_line)
+    if start == len(data):
+        return _empty(columns)
+    end = data.find(b"\n", start)
+    head = data[start:] if end < 0 else data[start:end].removesuffix(b"\r")
+    fields = head.split(b",")
+    if b"\r" in head or len(fields) != len(columns):
         raise ArchiveError(
-            f"{source}: line {first_line} has {len(first)} columns, a {kind.value} archive has "
-            f"{len(columns)} ({','.join(columns)}); expected {_EXPECTED}"
+            f"{source}: line {line}{_line_problem(head, kind)}; expected {_EXPECTED}"
         )
-    read = pacsv.ReadOptions(column_names=list(columns), skip_rows=1 if has_header else 0)
-    convert = pacsv.ConvertOptions(
-        column_types={c: _TYPES[c] for c in columns},
-        true_values=["true", "True", "TRUE"],
-        false_values=["false", "False", "FALSE"],
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-    )
+    if first_line == 1 and not any(_VALUE.fullmatch(field.strip()) for field in fields):
+        if end < 0:
+            return _empty(columns)
+        start, line = _skip_empty_lines(data, end + 1, line + 1)  # past a header
+        if start == len(data):
+            return _empty(columns)
+    if data.find(b"\r", start) >= 0 and data.count(b"\r", start) != data.count(b"\r\n", start):
+        # A lone \r ends a line for Arrow but not for anyone counting lines by \n.
+        raise ArchiveError(_bad_line(data[start:], kind, source, line))
     try:
-        table = pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
+        table = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(data)[start:]),
+            read_options=pacsv.ReadOptions(column_names=list(columns)),
+            parse_options=_PARSE,
+            convert_options=_CONVERT,
+        )
     except pa.ArrowInvalid as exc:
-        where = _locate_error(data, columns, has_header, source, exc, first_line)
-        raise ArchiveError(where) from None
-    for c in columns:
-        if table[c].null_count:
-            raise ArchiveError(_locate_error(data, columns, has_header, source, None, first_line))
+        raise ArchiveError(_bad_line(data[start:], kind, source, line, exc)) from None
+    plain = _plain_decimals(table)
+    if (
+        not plain
+        or any(table[c].null_count for c in columns)
+        # pyarrow reads " 5" and "0x10" as ints; Binance never writes either.
+        or any(data.find(b, start) >= 0 for b in (b"x", b"X", b" ", b"\t"))
+    ):
+        problem = _first_bad_line(data[start:], kind, line)
+        if problem or not plain:  # never cast text that is not plain: see _plain_decimals
+            raise ArchiveError(f"{source}: {problem or 'unreadable decimal text'}")
+    try:
+        for c in _DECIMAL_COLUMNS:
+            table = table.set_column(columns.index(c), c, table[c].cast(_DECIMAL))
+    except pa.ArrowInvalid as exc:
+        raise ArchiveError(_bad_line(data[start:], kind, source, line, exc)) from None
+    if not _in_range(table):
+        raise ArchiveError(_bad_line(data[start:], kind, source, line))
     return table
 
 
@@ -359,6 +409,23 @@ def sort_by_time(trades: pa.Table) -> pa.Table:
     return trades.sort_by([("timestamp", "ascending"), ("trade_id", "ascending")])
 
 
+#: What zipfile raises on damaged bytes besides BadZipFile: a bad deflate stream
+#: (zlib.error), a cut one (EOFError), a garbled offset (ValueError: negative seek), an
+#: unknown method or version (NotImplementedError), a flipped "encrypted" flag
+#: (RuntimeError), a bad bzip2/lzma stream (OSError, LZMAError).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    struct.error,
+)
+
+
 def _csv_chunks(path: Path, blob: bytes) -> Iterator[tuple[bytes, int, str]]:
     """The CSV text of an archive in pieces of whole lines: (bytes, first line, member).
 
@@ -370,14 +437,15 @@ def _csv_chunks(path: Path, blob: bytes) -> Iterator[tuple[bytes, int, str]]:
         return
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
+            # Not ZipInfo.is_dir(): it raises IndexError on an empty (damaged) name.
+            members = [m for m in zf.infolist() if not m.filename.endswith("/")]
             if len(members) != 1 or not members[0].filename.lower().endswith(".csv"):
-                listed = ", ".join(m.filename for m in members) or "nothing"
+                listed = ", ".join(m.filename or "(no name)" for m in members) or "nothing"
                 raise ArchiveError(f"{path}: expected one CSV inside, found {listed}")
             with zf.open(members[0]) as stream:
                 yield from _split_lines(stream, f"!{members[0].filename}")
-    except (zipfile.BadZipFile, zlib.error) as exc:
-        raise ArchiveError(f"{path}: not a valid zip file: {exc}") from None
+    except _ZIP_ERRORS as exc:
+        raise ArchiveError(f"{path}: not a valid zip file: {exc or type(exc).__name__}") from None
 
 
 def _split_lines(stream: IO[bytes], member: str) -> Iterator[tuple[bytes, int, str]]:
@@ -392,60 +460,152 @@ def _split_lines(stream: IO[bytes], member: str) -> Iterator[tuple[bytes, int, s
         piece, carry = block[:cut], block[cut:]
         yield piece, line, member
         line += piece.count(b"\n")
-    if carry.strip():
+    if carry:
         yield carry, line, member
 
 
-_PATTERNS: dict[str, str] = {
-    "int": r"^-?[0-9]+$",
-    "decimal": r"^-?[0-9]{1,10}(\.[0-9]{0,8})?$",
-    "bool": r"^(true|True|TRUE|false|False|FALSE)$",
-}
+def _skip_empty_lines(data: bytes, start: int, line: int) -> tuple[int, int]:
+    """The offset and line number of the first non-empty line at or after ``start``."""
+    while True:
+        if data.startswith(b"\n", start):
+            start += 1
+        elif data.startswith(b"\r\n", start):
+            start += 2
+        else:
+            return start, line
+        line += 1
 
 
-def _pattern(t: pa.DataType) -> str | None:
-    if pa.types.is_integer(t):
-        return _PATTERNS["int"]
-    if pa.types.is_decimal(t):
-        return _PATTERNS["decimal"]
-    if pa.types.is_boolean(t):
-        return _PATTERNS["bool"]
+def _empty(columns: tuple[str, ...]) -> pa.Table:
+    return pa.table({c: pa.array([], _TYPES[c]) for c in columns})
+
+
+def _plain_decimals(table: pa.Table) -> bool:
+    """Whether the price and qty texts are safe to hand to Arrow's decimal cast: only
+    ``0-9 . -`` and at most 20 characters each (checked on the raw buffers, cheaply).
+
+    Arrow's decimal parsing crashes the process on some exponents (``1E-10000000``)
+    and silently drops digits past 38 (``0.<100 zeros>1`` becomes 0); the cast itself
+    rejects every other malformed text, too many decimals and too large a value.
+    """
+    for c in _DECIMAL_COLUMNS:
+        for chunk in table[c].chunks:
+            data = chunk.buffers()[2]
+            if data is not None and data.to_pybytes().translate(None, b"0123456789.-"):
+                return False
+        longest = pc.max(pc.binary_length(table[c])).as_py()
+        if longest is not None and longest > _MAX_DECIMAL_TEXT:
+            return False
+    return True
+
+
+def _in_range(table: pa.Table) -> bool:
+    """Vectorised: times in range, price × qty within decimal(18, 8)."""
+    if table.num_rows == 0:
+        return True
+    times = pc.min_max(table["time"]).as_py()
+    if times["min"] < 0 or times["max"] >= TIME_LIMIT_US:
+        return False
+    price, qty = (table[c] for c in _DECIMAL_COLUMNS)
+    bounds = [pc.min_max(col).as_py() for col in (price, qty)]
+    largest = [max(abs(b["min"]), abs(b["max"])) for b in bounds]
+    if largest[0] * largest[1] < _DECIMAL_LIMIT - _QUANTUM:
+        return True  # rounding cannot reach the limit either
+    notional = pc.round(pc.multiply(price, qty), ndigits=DECIMAL_SCALE, round_mode="half_to_even")
+    limit = pa.scalar(_DECIMAL_LIMIT, notional.type)
+    return not pc.any(pc.greater_equal(pc.abs(notional), limit)).as_py()
+
+
+def _bad_line(
+    data: bytes, kind: ArchiveKind, source: str, line: int, exc: Exception | None = None
+) -> str:
+    """The error message for ``data``, which pyarrow (or a stray ``\\r``) refused."""
+    problem = _first_bad_line(data, kind, line)
+    if problem:
+        return f"{source}: {problem}"
+    return f"{source}: unreadable CSV: {exc}" if exc else f"{source}: unreadable CSV"
+
+
+def _first_bad_line(data: bytes, kind: ArchiveKind, first_line: int) -> str | None:
+    """``line N, column 'c': ...`` for the first bad line of ``data`` (header already
+    dropped; ``data`` starts at ``first_line``), or ``None`` if every line is good.
+
+    Error path only: this reads line by line in Python, mirroring what the vectorised
+    path accepts, so the message points at the exact line and column.
+    """
+    pieces = data.split(b"\n")
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces):
+        text = piece[:-1] if i < last and piece.endswith(b"\r") else piece
+        if text:  # pyarrow skips empty lines
+            problem = _line_problem(text, kind)
+            if problem:
+                return f"line {first_line + i}{problem}"
     return None
 
 
-def _locate_error(
-    data: bytes,
-    columns: tuple[str, ...],
-    has_header: bool,
-    source: str,
-    exc: Exception | None,
-    first_line: int = 1,
-) -> str:
-    """Find the first bad line and column (error path only, still vectorised)."""
-    read = pacsv.ReadOptions(
-        column_names=list(columns),
-        skip_rows=1 if has_header else 0,
-        autogenerate_column_names=False,
-    )
-    convert = pacsv.ConvertOptions(
-        column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False
-    )
-    offset = first_line + (1 if has_header else 0)
+def _line_problem(text: bytes, kind: ArchiveKind) -> str | None:
+    """What is wrong with one CSV line (no line end), as the tail of a message.
+
+    A good line has exactly ``kind``'s columns, separated by commas, no quoting:
+    integers are ``-?[0-9]+`` and fit int64; ``time`` is ms or µs since 1970-01-01,
+    before 9999-01-01; price and qty are plain decimals (``-?`` digits with one optional
+    point, at most 20 characters) below 10^10 with at most 8 decimal places; booleans
+    are true/false (any of three casings); ``quote_qty`` is any UTF-8 text (it is
+    recomputed); price × qty, rounded half-even to 8 places, fits decimal(18, 8).
+    """
+    if b"\r" in text:
+        return ": a carriage return (\\r) inside the line"
+    columns = kind.columns
+    cells = text.split(b",")
+    if len(cells) != len(columns):
+        return (
+            f" has {len(cells)} columns, a {kind.value} archive has {len(columns)} "
+            f"({','.join(columns)})"
+        )
+    for name, cell in zip(columns, cells, strict=True):
+        problem = _cell_problem(name, cell)
+        if problem:
+            return f", column {name!r}: {_shown(cell)} {problem}"
+    price, qty = (Decimal(cells[columns.index(c)].decode()) for c in _DECIMAL_COLUMNS)
+    notional = (price * qty).quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+    if abs(notional) >= _DECIMAL_LIMIT:
+        return (
+            f", columns 'price' × 'qty': {price} × {qty} = {notional} does not fit "
+            f"decimal({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
+        )
+    return None
+
+
+def _cell_problem(name: str, cell: bytes) -> str | None:
     try:
-        text = pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
-    except pa.ArrowInvalid as inner:
-        # Ragged rows: pyarrow names the row count it expected; say so with the file.
-        return f"{source}: {inner}"
-    for c in columns:
-        pattern = _pattern(_TYPES[c])
-        if pattern is None:
-            continue
-        col = text[c].combine_chunks()
-        ok = pc.fill_null(pc.match_substring_regex(col, pattern), False)
-        bad = pc.index(ok, False).as_py()
-        if bad >= 0:
-            return (
-                f"{source}: line {bad + offset}, column {c!r}: {col[bad].as_py()!r} is not a "
-                f"valid {_TYPES[c]}"
-            )
-    return f"{source}: {exc}" if exc else f"{source}: unreadable CSV"
+        text = cell.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not valid UTF-8"
+    kind = _TYPES[name]
+    if pa.types.is_integer(kind):
+        if not _INT_TEXT.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+            return f"is not a valid {kind}"
+        if name == "time" and not 0 <= int(text) < TIME_LIMIT_US:
+            return "is not a time in ms or µs since 1970-01-01 before 9999-01-01"
+    elif pa.types.is_decimal(kind) and not _fits_decimal(text):
+        return (
+            f"is not a valid {kind} (a plain decimal of at most {_MAX_DECIMAL_TEXT} "
+            f"characters, below 10^{DECIMAL_PRECISION - DECIMAL_SCALE}, at most "
+            f"{DECIMAL_SCALE} decimal places)"
+        )
+    elif pa.types.is_boolean(kind) and text not in _TRUE + _FALSE:
+        return f"is not a valid {kind} ({'/'.join(_TRUE + _FALSE)})"
+    return None
+
+
+def _fits_decimal(text: str) -> bool:
+    if len(text) > _MAX_DECIMAL_TEXT or not _DECIMAL_TEXT.fullmatch(text):
+        return False
+    value = Decimal(text)
+    return abs(value) < _DECIMAL_LIMIT and value == value.quantize(_QUANTUM)
+
+
+def _shown(cell: bytes) -> str:
+    text = cell.decode("utf-8", errors="replace")
+    return repr(text if len(text) <= 40 else text[:40] + "…")

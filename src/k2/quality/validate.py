@@ -203,10 +203,10 @@ def _future_rule(
     failed = pc.fill_null(pc.greater(column, limit), True)
 
     def describe(row: int) -> str:
-        value = column[row].as_py()
-        if value is None:
+        # As integers: a far-future time has no Python datetime (year > 9999).
+        value_us = column.view(pa.int64())[row].as_py()
+        if value_us is None:
             return f"{field}=null"
-        value_us = _to_us(value)
         return (
             f"{field}={_iso(value_us)} is {value_us - now_us} us after now={_iso(now_us)} "
             f"(limit {max_future_us} us)"
@@ -251,10 +251,8 @@ def _text(value: str | None) -> str:
     return "null" if value is None else repr(value)
 
 
-def _to_us(value: datetime) -> int:
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _iso(us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds")[:-6] + "Z"
+    try:
+        return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds")[:-6] + "Z"
+    except OverflowError:  # outside years 1-9999
+        return f"{us} us since 1970-01-01"

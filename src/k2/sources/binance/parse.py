@@ -12,8 +12,9 @@ below 10**14 is taken as milliseconds: that is the year 5138 in ms, 1973 in µs)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Any
 
 import msgspec
@@ -40,6 +41,11 @@ _DECIMAL = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
 _TS = pa.timestamp("us", tz="UTC")
 _MS_LIMIT = 10**14
 _DECIMAL_LIMIT = Decimal(10) ** (DECIMAL_PRECISION - DECIMAL_SCALE)
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
+#: What a wire decimal may look like: ASCII digits, point, sign, exponent; no spaces.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: Longest string handed to Arrow's decimal cast as is (Binance sends ~15 characters).
+_MAX_FAST_DECIMAL = 32
 
 # Longest first, so FDUSD wins over USD-anything and USDT over a bare "T" suffix.
 _QUOTE_SUFFIXES = tuple(
@@ -57,6 +63,11 @@ _QUOTE_SUFFIXES = tuple(
 _TRADE_REQUIRED = ("e", "E", "s", "t", "p", "q", "T", "m")
 _QUOTE_REQUIRED = ("u", "s", "b", "B", "a", "A")
 
+
+#: What msgspec raises for bytes it cannot read: bad JSON or a shape mismatch
+#: (DecodeError, and its subclass ValidationError), invalid UTF-8 inside a string
+#: (UnicodeDecodeError) and nesting deeper than its stack allows (RecursionError).
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 _STREAM_CACHE_LIMIT = 100_000
 #: Binance stream kind → the K2 data type its records are.
@@ -206,7 +217,7 @@ class FrameParser:
                 (i, c.stream, c.data) for i, c in enumerate(map(COMBINED_DECODER.decode, frames))
             ]
             shutdowns = controls = 0
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _DECODE_ERRORS:
             decoded, shutdowns, controls = self._decode_slowly(frames, received_us, rejects)
 
         trade_rows: list[int] = []
@@ -275,10 +286,15 @@ class FrameParser:
                 continue
             except msgspec.ValidationError as exc:  # subclass of DecodeError: test it first
                 shape_error = str(exc)
-            except msgspec.DecodeError as exc:
-                self._reject(rejects, RejectReason.MALFORMED_JSON, str(exc), frame, received_us[i])
+            except _DECODE_ERRORS as exc:
+                self._reject(rejects, RejectReason.MALFORMED_JSON, _unreadable(exc), frame,
+                             received_us[i])  # fmt: skip
                 continue
-            obj: Any = msgspec.json.decode(frame)
+            try:
+                obj: Any = msgspec.json.decode(frame)
+            except _DECODE_ERRORS:  # e.g. a number no JSON reader can hold (1e400)
+                self._reject(rejects, RejectReason.BAD_FIELD, shape_error, frame, received_us[i])
+                continue
             if not isinstance(obj, dict):
                 self._reject(rejects, RejectReason.BAD_FIELD,
                              f"expected a JSON object, got {type(obj).__name__}",
@@ -289,7 +305,12 @@ class FrameParser:
                 shutdowns += 1
             elif "id" in obj and ("result" in obj or "error" in obj):
                 controls += 1
-            elif "stream" in obj and isinstance(data, dict):
+            elif "stream" in obj and not isinstance(data, dict):
+                stream = str(obj["stream"])
+                self._reject(rejects, RejectReason.BAD_FIELD,
+                             f"{shape_error} (stream {stream!r})", frame, received_us[i],
+                             _DATA_TYPES.get(_stream_kind(stream)))  # fmt: skip
+            elif "stream" in obj:
                 stream = str(obj["stream"])
                 kind = stream[stream.find("@") + 1 :]
                 if _looks_futures(kind, data):
@@ -546,6 +567,15 @@ def _json_scalar(v: int | str | None) -> str:
     return str(v) if type(v) is int else msgspec.json.encode(v).decode()
 
 
+def _unreadable(exc: Exception) -> str:
+    """A reject detail for bytes msgspec could not read (see ``_DECODE_ERRORS``)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8: {exc.reason} at byte {exc.start}"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read"
+    return str(exc)
+
+
 def _looks_futures(kind: str, data: Mapping[str, Any]) -> bool:
     if kind == "bookTicker":
         return ("e" in data and data["e"] is not None) or data.get("T") is not None
@@ -592,8 +622,10 @@ def _decimal_columns(
     bad: dict[int, str] = {}
     for name, values in columns.items():
         try:
-            out[name] = pa.array(values, pa.string()).cast(_DECIMAL)
-            continue
+            strings = pa.array(values, pa.string())
+            if _safe_to_cast(strings):
+                out[name] = strings.cast(_DECIMAL)
+                continue
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
         fixed = list(values)
@@ -602,32 +634,43 @@ def _decimal_columns(
             if problem:
                 bad.setdefault(row, f"{name} {text!r}: {problem}")
                 fixed[row] = "0"
+            else:
+                fixed[row] = f"{Decimal(text).quantize(_QUANTUM):f}"
         out[name] = pa.array(fixed, pa.string()).cast(_DECIMAL)
     return out, bad
 
 
+def _safe_to_cast(strings: pa.Array) -> bool:
+    """Whether Arrow's string → decimal cast can be trusted with every value.
+
+    It cannot with exponents (``0E-10000000`` crashes pyarrow 26) or with more digits
+    than decimal128 holds (``0.<100 zeros>1`` silently becomes 0); wire decimals are
+    short and plain, so anything else takes the exact, per-value path.
+    """
+    data = strings.buffers()[2]  # every value's bytes, back to back (a fresh array)
+    if data is None:
+        return True
+    text = data.to_pybytes()
+    if b"e" in text or b"E" in text:
+        return False
+    longest = pc.max(pc.binary_length(strings)).as_py()
+    return longest is None or longest <= _MAX_FAST_DECIMAL
+
+
 def _decimal_problem(text: object) -> str | None:
+    """Why ``text`` is not a decimal number that fits ``decimal(18, 8)``, or ``None``."""
     if not isinstance(text, str):
         return "not a decimal string"
+    if not _DECIMAL_TEXT.fullmatch(text):
+        return "not a decimal number"
     try:
         value = Decimal(text)
-    except InvalidOperation:
-        return "not a decimal number"
-    if not value.is_finite():
-        return "not a finite number"
-    exponent = value.as_tuple().exponent
-    if (
-        isinstance(exponent, int)
-        and exponent < -DECIMAL_SCALE
-        and value != value.quantize(Decimal(1).scaleb(-DECIMAL_SCALE))
-    ):
-        return f"more than {DECIMAL_SCALE} decimal places"
-    if abs(value) >= _DECIMAL_LIMIT:
+    except DecimalException:  # an exponent beyond what Decimal can hold
         return f"does not fit decimal({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
-    try:
-        pa.array([text], pa.string()).cast(_DECIMAL)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        return str(exc)
+    if value.adjusted() >= DECIMAL_PRECISION - DECIMAL_SCALE:
+        return f"does not fit decimal({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
+    if value != value.quantize(_QUANTUM):
+        return f"more than {DECIMAL_SCALE} decimal places"
     return None
 
 
