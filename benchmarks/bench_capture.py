@@ -5,6 +5,10 @@ trades and bookTicker) at a rate above what the capture can take; the capture ru
 here through the whole quality stage (parse, validate, dedup, gap detection) into a
 counting output, so the rate measured is the capture's own ceiling on this machine.
 A second figure writes NDJSON to a file, as ``k2 capture --out`` does.
+
+No peer runs here: cryptofeed's share of this path, its Binance parsing, is measured
+against K2's parser in :mod:`benchmarks.bench_decode`; how the capture's cost grows
+with symbols is in :mod:`benchmarks.bench_scaling`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import Result
+from benchmarks.harness import Result, dataset_result
 from k2.capture.ndjson import NdjsonWriter
 from k2.capture.output import OutputBatch
 from k2.capture.pipeline import CaptureOptions, CapturePipeline
@@ -89,7 +93,7 @@ def _start_simulator(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("simulator did not start")
 
 
-async def _capture_once(port: int, output: CountingOutput) -> float:
+async def _capture_once(port: int, output: CountingOutput, seconds: float) -> float:
     source = BinanceSource(
         ["BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT", "DOGEUSDT"],
         ws_url=f"ws://127.0.0.1:{port}",
@@ -97,31 +101,36 @@ async def _capture_once(port: int, output: CountingOutput) -> float:
         batch_max_frames=5000,
     )
     pipeline = CapturePipeline(source, output, CaptureOptions(tail_check=False))
-    await pipeline.run(max_seconds=SECONDS)
+    await pipeline.run(max_seconds=seconds)
     return output.rate()
 
 
-def run(runs: int = 5) -> list[Result]:
+def run(runs: int = 5, *, seconds: float = SECONDS) -> list[Result]:
+    """Capture rate into a counting output and into NDJSON, ``runs`` runs of ``seconds``."""
     configure_logging("console", "ERROR")
     port = free_port()
     sim = _start_simulator(port)
     try:
-        counted = [asyncio.run(_capture_once(port, CountingOutput())) for _ in range(runs)]
+        counted = [asyncio.run(_capture_once(port, CountingOutput(), seconds)) for _ in range(runs)]
         with tempfile.TemporaryDirectory() as tmp:
             to_file = []
             for i in range(runs):
                 path = Path(tmp) / f"run{i}.ndjson"
-                to_file.append(asyncio.run(_capture_once(port, FileOutput(path))))
+                to_file.append(asyncio.run(_capture_once(port, FileOutput(path), seconds)))
                 os.unlink(path)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
     note = (
-        f"simulator in its own process offering {SIM_RATE:,} events/s (5 symbols, "
-        f"trade + bookTicker); capture for {SECONDS:g} s per run, first {WARMUP_S:g} s "
-        "excluded; parse + validate + dedup + gap detection."
+        f"capture for {seconds:g} s per run, first {WARMUP_S:g} s excluded; parse + "
+        "validate + dedup + gap detection."
     )
     return [
+        dataset_result(
+            f"the simulator's synthetic market (`k2 simulate`, 5 symbols, trade + bookTicker) "
+            f"offering {SIM_RATE:,} events/s over a local WebSocket, in its own process. "
+            "Peer: cryptofeed's parsing, in the decode block above."
+        ),
         Result(
             "WebSocket capture from the simulator",
             "msgs/s",

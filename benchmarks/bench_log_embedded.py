@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from benchmarks.datasets import realistic_trades
-from benchmarks.harness import Result, repeat
+from benchmarks.harness import Result, dataset_result, repeat
 from k2.log.base import Retention, TopicSpec
 from k2.log.embedded import Durability, EmbeddedLog
 from k2.records import TRADE
@@ -41,11 +41,17 @@ def trade_batches(total: int = TOTAL, batch: int = BATCH) -> list[pa.RecordBatch
     return realistic_trades(total, batch, symbols=SYMBOLS, first_id=0)
 
 
-def run(runs: int = 5) -> list[Result]:
+def run(runs: int = 5, *, total: int = TOTAL) -> list[Result]:
     """Produce (full, normal) and consume throughput over ``runs`` runs each."""
-    batches = trade_batches()
-    small = trade_batches(batch=SMALL_BATCH)
-    results: list[Result] = []
+    batches = trade_batches(total)
+    small = trade_batches(total, batch=SMALL_BATCH)
+    results: list[Result] = [
+        dataset_result(
+            f"{total:,} real BTCUSDT trades (the capture in tests/data, parsed by K2) "
+            f"re-keyed round-robin over {len(SYMBOLS)} symbols with fresh ids; a topic of "
+            f"{PARTITIONS} partitions. No peer: the Kafka block below is the other log."
+        )
+    ]
     with tempfile.TemporaryDirectory(prefix="k2-bench-log-") as tmp:
         for durability in ("full", "normal"):
             results.append(_produce(Path(tmp) / durability, durability, batches, runs))
@@ -67,6 +73,7 @@ def _produce(
     directory: Path, durability: Durability, batches: list[pa.RecordBatch], runs: int
 ) -> Result:
     counter = [0]
+    total = int(sum(b.num_rows for b in batches))
     with EmbeddedLog(directory, durability=durability) as log:
 
         def measure() -> float:
@@ -74,7 +81,7 @@ def _produce(
             start = time.perf_counter()
             for b in batches:
                 log.produce(name, b)
-            return TOTAL / (time.perf_counter() - start)
+            return total / (time.perf_counter() - start)
 
         rates = repeat(measure, runs)
         stored = _stored_bytes(log, directory, batches)
@@ -86,7 +93,7 @@ def _produce(
         rates,
         goal=300_000,
         notes=(
-            f"{TOTAL:,} real BTCUSDT trades re-keyed over 5 symbols, produce() calls of "
+            f"{total:,} trades, produce() calls of "
             f"{size:,} rows into 4 partitions (4 segments per call), each durable on "
             f"return ({sync}); {stored}."
         ),
@@ -95,6 +102,7 @@ def _produce(
 
 def _consume(directory: Path, batches: list[pa.RecordBatch], runs: int) -> Result:
     counter = [0]
+    total = int(sum(b.num_rows for b in batches))
     with EmbeddedLog(directory) as log:
         name = _topic(log, counter)
         for b in batches:
@@ -105,13 +113,13 @@ def _consume(directory: Path, batches: list[pa.RecordBatch], runs: int) -> Resul
             consumer = log.consumer(f"bench-{counter[0]}", [name])
             start = time.perf_counter()
             rows = 0
-            while rows < TOTAL:
+            while rows < total:
                 rows += sum(b.records.num_rows for b in consumer.poll(max_records=50_000))
             consumer.commit()
             elapsed = time.perf_counter() - start
             consumer.close()
-            assert rows == TOTAL, rows
-            return TOTAL / elapsed
+            assert rows == total, rows
+            return total / elapsed
 
         rates = repeat(measure, runs)
     return Result(
@@ -120,7 +128,7 @@ def _consume(directory: Path, batches: list[pa.RecordBatch], runs: int) -> Resul
         rates,
         goal=500_000,
         notes=(
-            f"one member polls {TOTAL:,} records (segments of ~2,500 rows) with "
+            f"one member polls {total:,} records (segments of ~2,500 rows) with "
             "max_records=50,000, decoding every segment to Arrow; one commit at the end."
         ),
     )

@@ -66,7 +66,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +75,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from benchmarks import query_api
-from benchmarks.harness import Result, machine
+from benchmarks.harness import Result, footer
 from benchmarks.query_data import (
     DAY_US,
     DAYS,
@@ -312,11 +311,19 @@ def check_bars(results: dict[str, pa.Table]) -> None:
         _check(BARS, K2, s, bool(np.allclose(other, vwap, rtol=1e-9)), "vwap")
 
 
-def run(runs: int = 5, *, trades: int | None = None) -> list[Result]:
-    """Every question on ``trades`` trades (default :func:`trades_setting`)."""
+def run(
+    runs: int = 5,
+    *,
+    trades: int | None = None,
+    budget_s: float | None = None,
+    api_seconds: float | None = None,
+) -> list[Result]:
+    """Every question on ``trades`` trades (default :func:`trades_setting`), at most
+    ``budget_s`` per question type (default ``K2_BENCH_QUERY_BUDGET_S`` or 180 s), the
+    API load for ``api_seconds`` (default :data:`benchmarks.query_api.SECONDS`)."""
     dataset = ensure_dataset(trades or trades_setting())
     samples = runs * QUERIES_PER_RUN
-    budget = float(os.environ.get(BUDGET_ENV) or 180.0)
+    budget = budget_s or float(os.environ.get(BUDGET_ENV) or 180.0)
     rng = np.random.default_rng(dataset.manifest["seed"])
     arctic = ArcticPeer(dataset.arctic_library())
     duck = DuckScan(dataset.data_glob)
@@ -335,7 +342,7 @@ def run(runs: int = 5, *, trades: int | None = None) -> list[Result]:
             catalog = open_overlay(dataset, run_dir)
             results += _historical(catalog, arctic, duck, dataset, rng, samples, budget)
             results += _hybrid_and_api(
-                catalog, arctic, duck, dataset, rng, samples, budget, run_dir
+                catalog, arctic, duck, dataset, rng, samples, budget, run_dir, api_seconds
             )
     finally:
         duck.close()
@@ -397,6 +404,7 @@ def _hybrid_and_api(
     samples: int,
     budget: float,
     run_dir: Path,
+    api_seconds: float | None,
 ) -> list[Result]:
     from k2.query.tail import LiveTail
 
@@ -465,7 +473,9 @@ def _hybrid_and_api(
     recent[0].extra["kind"] = "recent"
     measured += recent
     try:
-        measured += query_api.run(dataset, run_dir, log, catalog, feed, now_us)
+        measured += query_api.run(
+            dataset, run_dir, log, catalog, feed, now_us, seconds=api_seconds or query_api.SECONDS
+        )
     finally:
         log.close()
     return measured
@@ -528,11 +538,6 @@ def render(results: list[Result], command: str) -> str:
         if (q, K2_CACHED) in by
     ]
     api = query_api.render([r for r in results if r.extra.get("kind") in ("api", "recent")])
-    versions = ", ".join(
-        f"{n} {metadata.version(n)}"
-        for n in ("duckdb", "arcticdb", "pyiceberg", "fastapi", "uvicorn")
-    )
-    env = ", ".join(f"{k} {v}" for k, v in machine().items())
     return "\n".join(
         [
             *data,
@@ -550,7 +555,7 @@ def render(results: list[Result], command: str) -> str:
             "",
             api,
             "",
-            f"Command: `{command}`. Machine: {env}, {versions}.",
+            footer(command),
             "",
         ]
     )

@@ -160,7 +160,7 @@ async def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout_s: flo
     raise RuntimeError(f"the API server did not answer /health within {timeout_s:.0f} s")
 
 
-async def _load(base: str, key: str, seed: int) -> dict[str, Any]:
+async def _load(base: str, key: str, seed: int, seconds: float) -> dict[str, Any]:
     import aiohttp
 
     rng = np.random.default_rng(seed)
@@ -170,7 +170,7 @@ async def _load(base: str, key: str, seed: int) -> dict[str, Any]:
     rows: list[int] = []
     counter = 0
     began = time.perf_counter()
-    measure_from, stop_at = began + WARMUP_S, began + WARMUP_S + SECONDS
+    measure_from, stop_at = began + WARMUP_S, began + WARMUP_S + seconds
     headers = {"X-API-Key": key, "Accept": "application/json"}
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
 
@@ -202,8 +202,11 @@ def run(
     catalog: Catalog,
     feed: LiveFeed,
     since_us: int,
+    *,
+    seconds: float = SECONDS,
 ) -> list[Result]:
-    """Serve the run's lake and log and measure recent-trades requests (module doc)."""
+    """Serve the run's lake and log and measure recent-trades requests (module doc),
+    ``seconds`` of load after the warm-up."""
     key = secrets.token_urlsafe(24)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -218,7 +221,7 @@ def run(
     try:
         with LiveWriter(log, catalog, feed, since_us) as writer:
             asyncio.run(_wait_healthy(base, proc, 120))
-            got = asyncio.run(_load(base, key, int(dataset.manifest["seed"])))
+            got = asyncio.run(_load(base, key, int(dataset.manifest["seed"]), seconds))
             produced = writer.produced
     finally:
         proc.terminate()
@@ -233,7 +236,7 @@ def run(
     if bad:
         tail = (run_dir / "server.log").read_text()[-2000:]
         raise RuntimeError(f"API answered {bad} (status: count); server log ends:\n{tail}")
-    rate = len(latencies) / SECONDS
+    rate = len(latencies) / seconds
     rows = float(np.mean(got["rows"])) if got["rows"] else 0.0
     return [
         Result(
@@ -242,7 +245,7 @@ def run(
             [rate],
             goal=GOAL,
             notes=(
-                f"{CONNECTIONS} closed-loop connections, {SECONDS:.0f} s, {WORKERS} uvicorn "
+                f"{CONNECTIONS} closed-loop connections, {seconds:.0f} s, {WORKERS} uvicorn "
                 f"worker(s); {rows:.0f} rows per response on average; {produced:,} live "
                 "trades produced and sunk meanwhile"
             ),

@@ -43,6 +43,12 @@ Stored twice, built once and cached under ``K2_BENCH_DIR`` (default
   derived (message id, side). Appended one day at a time with ``append_batch``,
   previous versions pruned.
 
+The scaling runs (:mod:`benchmarks.bench_scaling`) build the same kind of table at
+other sizes and symbol counts (``ensure_dataset(trades, symbols=N, arctic=False)``):
+past the 100 real names, :func:`symbols_for` makes up ``SYMnnnnUSDT`` pairs with
+log-uniform prices, and the Zipf shares stretch over all ``N``; those tables are in
+the K2 lake only.
+
 :class:`LiveFeed` continues the same processes (prices, ids) at the 100M dataset's
 average rate (~39 trades/s) for "live" trades near the wall clock. The benchmark runs
 against an *overlay* (:func:`open_overlay`): a per-run catalog that registers the
@@ -103,13 +109,22 @@ _BASES = (  # noqa: SIM905 - a word list reads better as text
 ).split()
 #: The market symbols, most active first.
 SYMBOLS: tuple[str, ...] = tuple(f"{b}USDT" for b in _BASES)
+
+
+def symbols_for(count: int) -> tuple[str, ...]:
+    """``count`` market symbols, most active first: the first of :data:`SYMBOLS`, then
+    made-up ``SYMnnnnUSDT`` pairs past the 100 real ones (for the scaling runs)."""
+    made_up = tuple(f"SYM{k:04d}USDT" for k in range(len(SYMBOLS), count))
+    return (SYMBOLS + made_up)[:count]
+
+
 _FIXED_PRICES = {"BTCUSDT": 62_000.0, "ETHUSDT": 3_400.0, "SOLUSDT": 150.0, "BNBUSDT": 580.0}
 _MIN_LOTS, _MAX_LOTS = 1, 200_000
 _VENDOR = '{"M":true}'
 
 
-def _weights() -> np.ndarray:
-    w = 1.0 / np.arange(1, len(SYMBOLS) + 1) ** ZIPF_EXPONENT
+def _weights(count: int = len(SYMBOLS)) -> np.ndarray:
+    w = 1.0 / np.arange(1, count + 1) ** ZIPF_EXPONENT
     return np.asarray(w / w.sum())
 
 
@@ -124,11 +139,11 @@ class SymbolState:
     next_id: int
 
 
-def initial_states(seed: int) -> list[SymbolState]:
+def initial_states(seed: int, symbols: tuple[str, ...] = SYMBOLS) -> list[SymbolState]:
     """Every symbol's starting point (prices, grids, ids), fixed by ``seed``."""
     rng = np.random.default_rng([seed, 1])
     states = []
-    for symbol in SYMBOLS:
+    for symbol in symbols:
         price = _FIXED_PRICES.get(symbol) or float(np.exp(rng.uniform(np.log(0.01), np.log(300))))
         tick_exp = max(math.floor(math.log10(price)) - 6, -8)
         lot_exp = math.floor(math.log10(0.42 / price))
@@ -230,7 +245,8 @@ def generate(
         return np.concatenate([getattr(p, name) for p in parts])
 
     codes = np.concatenate([np.full(len(p.ts), p.index, dtype=np.int32) for p in parts])
-    symbol = pa.DictionaryArray.from_arrays(codes, pa.array(SYMBOLS)).cast(pa.string())
+    names = pa.array([s.symbol for s in states])
+    symbol = pa.DictionaryArray.from_arrays(codes, names).cast(pa.string())
     ids = pa.array(cat("ids"))
     maker = pa.array(cat("maker"))
     ts_type = pa.timestamp("us", tz="UTC")
@@ -304,6 +320,16 @@ class Dataset:
     def end_us(self) -> int:
         return int(self.manifest["end_us"])
 
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The dataset's market symbols, most active first."""
+        return tuple(self.manifest.get("symbols") or SYMBOLS)
+
+    @property
+    def has_arctic(self) -> bool:
+        """Whether the trades are also in ArcticDB (the query benchmark's datasets)."""
+        return bool(self.manifest.get("arctic_uri"))
+
     def states(self) -> list[SymbolState]:
         """Every symbol's state after the last generated trade."""
         return [SymbolState(**s) for s in self.manifest["states"]]
@@ -320,53 +346,77 @@ def bench_root() -> Path:
 
 
 def ensure_dataset(
-    trades: int = DEFAULT_TRADES, seed: int = DEFAULT_SEED, root: Path | None = None
+    trades: int = DEFAULT_TRADES,
+    seed: int = DEFAULT_SEED,
+    root: Path | None = None,
+    *,
+    symbols: int = len(SYMBOLS),
+    arctic: bool = True,
 ) -> Dataset:
-    """The dataset of ``trades`` trades and ``seed``: the cached one, or built now.
+    """The dataset of ``trades`` trades over ``symbols`` symbols (:func:`symbols_for`)
+    and ``seed``: the cached one, or built now.
 
-    A directory without ``manifest.json`` is an interrupted build: it is removed and
-    built again. Building 100M trades takes minutes and a few GB of disk.
+    ``arctic`` false builds the K2 lake only (the scaling runs ask nothing of ArcticDB);
+    a cached dataset that has ArcticDB too serves such a request as well. A directory
+    without ``manifest.json`` is an interrupted build: it is removed and built again.
+    Building 100M trades takes minutes and a few GB of disk.
     """
-    root = (root or bench_root()) / f"query-v{FORMAT_VERSION}-{trades}-seed{seed}"
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        return Dataset(root, json.loads(manifest.read_text()))
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    built = _build(root, trades, seed)
-    manifest.write_text(json.dumps(built, indent=1))
-    return Dataset(root, built)
+    base = root or bench_root()
+    name = f"query-v{FORMAT_VERSION}-{trades}-seed{seed}"
+    if symbols != len(SYMBOLS):
+        name += f"-sym{symbols}"
+    full = base / name
+    candidates = [full] if arctic else [full, base / f"{name}-lake"]
+    for directory in candidates:
+        if (directory / "manifest.json").is_file():
+            return Dataset(directory, json.loads((directory / "manifest.json").read_text()))
+    target = candidates[-1]
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    built = _build(target, trades, seed, symbols_for(symbols), arctic=arctic)
+    (target / "manifest.json").write_text(json.dumps(built, indent=1))
+    return Dataset(target, built)
 
 
-def _day_counts(trades: int, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
+def _day_counts(
+    trades: int, rng: np.random.Generator, symbols: int = len(SYMBOLS)
+) -> Iterator[tuple[int, np.ndarray]]:
     per_day = trades // DAYS
-    weights = _weights()
+    weights = _weights(symbols)
     for day in range(DAYS):
         total = per_day + (trades - per_day * DAYS if day == DAYS - 1 else 0)
         yield day, rng.multinomial(total, weights)
 
 
-def _build(root: Path, trades: int, seed: int) -> dict[str, Any]:
+def _build(
+    root: Path, trades: int, seed: int, symbols: tuple[str, ...] = SYMBOLS, *, arctic: bool = True
+) -> dict[str, Any]:
     import arcticdb
     from arcticdb.version_store.library import WritePayload
 
     began = time.perf_counter()
     table = ensure_tables(catalog_from(LakeSettings(), root))["trades"]
     map_size_gb = max(2, math.ceil(trades * 120 / 1e9))
-    arctic_uri = f"lmdb://{root / 'arctic'}?map_size={map_size_gb}GB"
-    library = arcticdb.Arctic(arctic_uri).get_library(ARCTIC_LIBRARY, create_if_missing=True)
-    states = initial_states(seed)
+    arctic_uri = f"lmdb://{root / 'arctic'}?map_size={map_size_gb}GB" if arctic else ""
+    library = (
+        arcticdb.Arctic(arctic_uri).get_library(ARCTIC_LIBRARY, create_if_missing=True)
+        if arctic
+        else None
+    )
+    states = initial_states(seed, symbols)
     rng = np.random.default_rng([seed, 2])
     lake_s = arctic_s = 0.0
-    for day, counts in _day_counts(trades, rng):
+    for day, counts in _day_counts(trades, rng, len(symbols)):
         t0 = START_US + day * DAY_US
         data, parts = generate(states, counts, t0, t0 + DAY_US, rng)
         tick = time.perf_counter()
         table.append(sort_for(TABLE_DEFS["trades"], data))
         lake_s += time.perf_counter() - tick
+        if library is None:
+            continue
         tick = time.perf_counter()
-        payloads = [WritePayload(SYMBOLS[p.index], arctic_frame(p)) for p in parts]
+        payloads = [WritePayload(symbols[p.index], arctic_frame(p)) for p in parts]
         if day == 0:
             library.write_batch(payloads, prune_previous_versions=True)
         else:
@@ -392,6 +442,7 @@ def _build(root: Path, trades: int, seed: int) -> dict[str, Any]:
         "table_dir": str(table_dir),
         "base_files": sorted(str(p.relative_to(table_dir)) for p in _files(table_dir)),
         "arctic_uri": arctic_uri,
+        "symbols": list(symbols),
         "states": [vars(s) for s in states],
         "layout": _layout(table_dir, root / "arctic", trades),
     }
@@ -448,6 +499,8 @@ def reset_overlay(dataset: Dataset) -> list[Path]:
     extra = [p for p in _files(table_dir) if str(p.relative_to(table_dir)) not in base]
     for path in extra:
         path.unlink()
+    if not dataset.has_arctic:
+        return extra
     library = dataset.arctic_library()
     end = pd.Timestamp(dataset.end_us * 1000)
     for symbol in SYMBOLS:
