@@ -9,25 +9,17 @@ import pyarrow as pa
 
 from k2.capture.log_output import LogOutput
 from k2.capture.pipeline import CaptureOptions, CapturePipeline
-from k2.capture.resume import last_trade_ids
+from k2.capture.resume import ResumePoint, last_trade_ids
 from k2.log.embedded import EmbeddedLog
 from k2.log.topics import TopicLayout
 from k2.records import TRADE
 from k2.simulator import FaultConfig, SimulatorConfig, SimulatorServer
 from k2.sources.binance.source import BinanceSource
 from tests.capture.test_ingest import read_topic
+from tests.waiting import until_async
 
 LAYOUT = TopicLayout(trade_partitions=4, quote_partitions=4)
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
-
-
-async def _until(condition: object, what: str, deadline_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not condition():  # type: ignore[operator]
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)  # polling a condition, with a deadline
 
 
 async def _capture_until(sim: SimulatorServer, log: EmbeddedLog, trades: int) -> None:
@@ -38,7 +30,7 @@ async def _capture_until(sim: SimulatorServer, log: EmbeddedLog, trades: int) ->
         source, LogOutput(log, LAYOUT), CaptureOptions(gap_grace_s=0.2), resume=resume
     )
     run = asyncio.create_task(pipeline.run(max_seconds=60))
-    await _until(lambda: pipeline.stats.trades >= trades or run.done(), f"{trades} trades")
+    await until_async(lambda: pipeline.stats.trades >= trades or run.done(), f"{trades} trades")
     pipeline.request_stop()
     await run
 
@@ -61,13 +53,12 @@ async def test_restarts_leave_every_trade_once(tmp_path: Path) -> None:
             await _capture_until(sim, log, 300)
             held = last_trade_ids(log, LAYOUT, SYMBOLS)
             assert set(held) == set(SYMBOLS), f"run {run}: {held}"
+
             # The exchange keeps trading while K2 is down.
-            await _until(
-                lambda h=held: all(
-                    (sim.trades.last_id(s) or 0) > h[s].last_id + 100 for s in SYMBOLS
-                ),
-                "the simulator to print trades during the outage",
-            )
+            def traded_on(h: dict[str, ResumePoint] = held) -> bool:
+                return all((sim.trades.last_id(s) or 0) > h[s].last_id + 100 for s in SYMBOLS)
+
+            await until_async(traded_on, "the simulator to print trades during the outage")
     rows = [r for _, _, r in read_topic(log, LAYOUT.data_topic("trade"))]
     for symbol in SYMBOLS:
         ids = sorted(int(r["trade_id"]) for r in rows if r["symbol"] == symbol)  # type: ignore[call-overload]

@@ -20,9 +20,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,9 @@ from k2.lake.tables import ensure_tables
 from k2.log.base import Log, TopicPartition
 from k2.log.factory import topic_layout
 from tests.ports import free_port
+from tests.waiting import until
 
-
-def until(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.1)  # polling a condition with a deadline
+__all__ = ["until"]  # the faults' tests wait through it
 
 
 def listening(port: int) -> bool:

@@ -50,7 +50,8 @@ from tests.faults.fault_kit import (
     until,
 )
 from tests.faults.tcp_proxy import CutMode, TcpProxy
-from tests.lake.conftest import PG_ADMIN_DSN, S3_BUCKET
+from tests.lake.conftest import S3_BUCKET
+from tests.pg import throwaway_database
 from tests.ports import free_port
 
 
@@ -157,25 +158,8 @@ def moto_s3() -> Iterator[int]:
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database on 127.0.0.1:5432 (its name), dropped after."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"k2_fault_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(PG_ADMIN_DSN)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with throwaway_database("k2_fault") as name:
         yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
 
 
 # -- the outage --------------------------------------------------------------------------

@@ -18,34 +18,17 @@ import pytest
 
 from k2.config import LakeSettings
 from k2.records import TRADE
+from tests.pg import throwaway_database
 from tests.ports import free_port
 
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 S3_BUCKET = "k2-lake"
 
 
 @pytest.fixture(scope="session")
 def pg_uri() -> Iterator[str]:
     """An SQLAlchemy URL of a database created for this test session (then dropped)."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"k2_lake_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(PG_ADMIN_DSN)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with throwaway_database("k2_lake") as name:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -31,18 +31,11 @@ from k2.ops import chaos
 from k2.ops.chaos import Pace
 from k2.ops.status_files import read_status, status_path
 from tests.ports import free_port
+from tests.waiting import until
 
 slow = pytest.mark.slow
 
 FAST = Pace(interval_s=0.2)
-
-
-def _until(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.1)  # polling a condition with a deadline
 
 
 def _proc_state(pid: int) -> str:
@@ -108,14 +101,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     settings = load_settings(data_dir=data_dir, ops={"status_interval_s": 0.25})
     running = Platform(settings, process, output)
     try:
-        _until(
+        until(
             lambda: (
                 _int(running.ingest().get("connections")) > 0
                 and {s.get("state") for s in running.up().values()} == {"running"}
             ),
             "the platform to run and the capture to connect",
         )
-        _until(lambda: _lake_rows(settings) > 0, "a first lake commit")
+        until(lambda: _lake_rows(settings) > 0, "a first lake commit")
         yield running
     finally:
         process.terminate()
@@ -189,7 +182,7 @@ def test_high_lag_stops_the_sink_and_the_level_rises_and_recovers(platform: Plat
 
     thread = threading.Thread(target=run)
     thread.start()
-    _until(lambda: _proc_state(pid) == "T" or not thread.is_alive(), "the sink to be stopped")
+    until(lambda: _proc_state(pid) == "T" or not thread.is_alive(), "the sink to be stopped")
     assert _proc_state(pid) == "T", errors
     thread.join(120)
     assert not thread.is_alive() and not errors, errors
@@ -212,12 +205,12 @@ def test_high_lag_resumes_the_sink_when_interrupted(platform: Platform) -> None:
 
     def interrupt(line: str) -> None:
         if "stopped for" in line:
-            _until(lambda: _proc_state(pid) == "T", "the sink to be stopped", 10)
+            until(lambda: _proc_state(pid) == "T", "the sink to be stopped", 10)
             raise KeyboardInterrupt  # Ctrl-C while the sink is stopped
 
     with pytest.raises(KeyboardInterrupt):
         chaos.high_lag(platform.settings, seconds=60, say=interrupt, pace=FAST)
-    _until(lambda: _proc_state(pid) != "T", "the sink to be resumed", 10)
+    until(lambda: _proc_state(pid) != "T", "the sink to be resumed", 10)
     assert platform.sink_pid() == pid
 
 

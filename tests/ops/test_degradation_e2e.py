@@ -30,6 +30,7 @@ from k2.log.factory import topic_layout
 from k2.ops.degradation import Level
 from k2.simulator import SimulatorConfig, SimulatorServer
 from k2.sources.binance.source import BinanceSource
+from tests.waiting import until_async
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +52,6 @@ class SinkThread:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
-
-
-async def _until(condition: object, what: str, deadline_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not condition():  # type: ignore[operator]
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)  # polling a condition, with a deadline
 
 
 async def test_high_lag_walks_levels_and_backfills_what_was_shed(tmp_path: Path) -> None:
@@ -106,14 +98,14 @@ async def test_high_lag_walks_levels_and_backfills_what_was_shed(tmp_path: Path)
         )
         run = asyncio.create_task(pipeline.run(max_seconds=120))
         sink.start()
-        await _until(lambda: pipeline.stats.trades > 300, "trades to flow")
+        await until_async(lambda: pipeline.stats.trades > 300, "trades to flow")
         assert governor.manager.level == Level.NORMAL
         sink.pause()  # the forced lag
-        await _until(lambda: governor.manager.level >= Level.AGGRESSIVE, "AGGRESSIVE")
+        await until_async(lambda: governor.manager.level >= Level.AGGRESSIVE, "AGGRESSIVE")
         assert pipeline.stats.trades_shed > 0
         sink.start()  # the sink catches up
-        await _until(lambda: governor.manager.level == Level.NORMAL, "recovery to NORMAL")
-        await _until(
+        await until_async(lambda: governor.manager.level == Level.NORMAL, "recovery to NORMAL")
+        await until_async(
             lambda: pipeline.stats.trades_backfilled >= pipeline.stats.trades_shed,
             "the shed trades to be backfilled",
         )

@@ -22,8 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -33,16 +31,9 @@ from k2.config import load_settings
 from k2.lake.catalog import open_catalog
 from k2.lake.tables import ensure_tables
 from tests.ports import free_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
-
-
-def _until(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.1)  # polling a condition with a deadline
 
 
 def _listening(port: int) -> bool:
@@ -111,7 +102,7 @@ def test_k2_up_restarts_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> No
     lake = Lake(data_dir)
     out = tmp_path / "up.out"
     try:
-        _until(lambda: _listening(sim_port), "the simulator to listen")
+        until(lambda: _listening(sim_port), "the simulator to listen")
 
         def start() -> subprocess.Popen[bytes]:
             with out.open("ab") as fh:
@@ -121,7 +112,7 @@ def test_k2_up_restarts_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> No
 
         def stream_a_while(up: subprocess.Popen[bytes]) -> None:
             seen = lake.trades()
-            _until(lambda: lake.trades() > seen + 500, "the lake to grow")
+            until(lambda: lake.trades() > seen + 500, "the lake to grow")
             assert up.poll() is None, out.read_text()[-2000:]
 
         for how in ("SIGTERM", "SIGKILL", "power cut"):
@@ -185,7 +176,7 @@ def test_an_unreachable_exchange_is_said_plainly_with_the_way_out(tmp_path: Path
             [sys.executable, "-m", "k2", "up", "--only", "ingest"], env=env, stdout=fh, stderr=fh
         )
     try:
-        _until(lambda: "cannot reach the exchange" in out.read_text(), "the warning", 60)
+        until(lambda: "cannot reach the exchange" in out.read_text(), "the warning", 60)
         assert up.poll() is None, "k2 up must keep retrying, not exit"
     finally:
         up.terminate()
