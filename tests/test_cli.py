@@ -41,6 +41,11 @@ def test_every_command_has_help() -> None:
         "snapshots",
         "simulate",
         "demo",
+        "up",
+        "status",
+        "chaos",
+        "serve",
+        "query",
         "config",
         "dlq",
     ):
