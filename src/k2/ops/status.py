@@ -90,38 +90,28 @@ def gather(settings: Settings) -> PlatformStatus:
         out.stages[name] = {**info, "supervised": up_alive}
         if not up_alive:
             out.stages[name]["state"] = "not running"
-    ingest = read_status(status_path(settings, "ingest"))
+    ingest = _stage_file(out, settings, "ingest")
     if ingest is not None:
-        alive = is_fresh(ingest, interval)
-        entry = out.stages.setdefault("ingest", {})
+        alive, status, entry = ingest
         entry.update(
             {
-                "state": entry.get("state", "running") if alive else "not running",
-                "phase": ingest.get("phase") if alive else "stopped",
-                "connections": ingest.get("connections", 0) if alive else 0,
-                "trades": ingest.get("stats", {}).get("trades"),
-                "quotes": ingest.get("stats", {}).get("quotes"),
-                "reconnects": ingest.get("stream", {}).get("reconnects"),
+                "connections": status.get("connections", 0) if alive else 0,
+                "trades": status.get("stats", {}).get("trades"),
+                "quotes": status.get("stats", {}).get("quotes"),
+                "reconnects": status.get("stream", {}).get("reconnects"),
             }
         )
-        out.degradation = ingest.get("degradation") or {}
-        out.breakers += [{**b, "stage": "ingest"} for b in ingest.get("breakers") or []]
-        entry["metrics_url"] = ingest.get("metrics_url")
-    sink = read_status(status_path(settings, "sink"))
+        out.degradation = status.get("degradation") or {}
+    sink = _stage_file(out, settings, "sink")
     if sink is not None:
-        alive = is_fresh(sink, interval)
-        entry = out.stages.setdefault("sink", {})
+        alive, status, entry = sink
         entry.update(
             {
-                "state": entry.get("state", "running") if alive else "not running",
-                "phase": sink.get("phase") if alive else "stopped",
-                "commits": sink.get("commits"),
-                "buffered": sink.get("buffered") if alive else 0,
-                "dead_lettered": sink.get("dead_lettered"),
-                "metrics_url": sink.get("metrics_url"),
+                "commits": status.get("commits"),
+                "buffered": status.get("buffered") if alive else 0,
+                "dead_lettered": status.get("dead_lettered"),
             }
         )
-        out.breakers += [{**b, "stage": "sink"} for b in sink.get("breakers") or []]
     try:
         log_ = open_log(settings)
     except Exception as exc:
@@ -146,6 +136,28 @@ def gather(settings: Settings) -> PlatformStatus:
     finally:
         log_.close()
     return out
+
+
+def _stage_file(
+    out: PlatformStatus, settings: Settings, name: str
+) -> tuple[bool, dict[str, Any], dict[str, Any]] | None:
+    """Merge stage ``name``'s own status file into ``out``: its state, phase, metrics
+    URL and breakers. Returns ``(alive, file, entry)`` for the stage's own fields, or
+    ``None`` when the stage never wrote one."""
+    status = read_status(status_path(settings, name))
+    if status is None:
+        return None
+    alive = is_fresh(status, settings.ops.status_interval_s)
+    entry = out.stages.setdefault(name, {})
+    entry.update(
+        {
+            "state": entry.get("state", "running") if alive else "not running",
+            "phase": status.get("phase") if alive else "stopped",
+            "metrics_url": status.get("metrics_url"),
+        }
+    )
+    out.breakers += [{**b, "stage": name} for b in status.get("breakers") or []]
+    return alive, status, entry
 
 
 def _held(log_: Log, topic: str) -> int:
