@@ -182,6 +182,47 @@ def test_zip_with_two_members_is_refused(tmp_path: Path) -> None:
         read_archive(path, ingestion_us=0)
 
 
+def test_isal_inflate_equals_zipfile_and_checks_crc_and_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deflated members are inflated by ISA-L in steps, outside zipfile: the rows must
+    be zipfile's, and a damaged stream must fail as zipfile would (CRC, size, cut)."""
+    import k2.lake.archives as archives
+
+    rows = trade_rows(1, 3000, MS_2024)
+    path = write_archive(tmp_path, "BTCUSDT-trades-2024-01-01", rows)
+    monkeypatch.setattr(archives, "_DEFLATE_STEP", 101)  # many small inflate steps
+    fast = read_archive(path, ingestion_us=0).trades
+    monkeypatch.setattr(archives, "_inflater", None)  # zipfile's own reader
+    assert read_archive(path, ingestion_us=0).trades.equals(fast)
+    assert fast["trade_id"].to_pylist() == list(range(1, 3001))
+    monkeypatch.undo()
+
+    stored = tmp_path / "ETHUSDT-trades-2024-01-01.zip"  # not deflated: zipfile reads it
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("ETHUSDT-trades-2024-01-01.csv", "\n".join(rows) + "\n")
+    assert read_archive(stored, ingestion_us=0).trades["price"].equals(fast["price"])
+
+    blob = path.read_bytes()
+    info = zipfile.ZipFile(path).infolist()[0]
+    data_at = info.header_offset + 30 + len(info.filename)
+    crc_at = blob.rfind(b"PK\x01\x02") + 16  # the central directory's CRC-32 field
+    wrong_crc = bytearray(blob)
+    wrong_crc[crc_at] ^= 0xFF
+    cut = blob[: data_at + info.compress_size // 2]
+    garbage = bytearray(blob)
+    garbage[data_at : data_at + 8] = b"\xff" * 8  # an invalid deflate block type
+    for damaged, why in (
+        (bytes(wrong_crc), "Bad CRC-32"),
+        (cut, "not a valid zip file"),
+        (bytes(garbage), "not a valid zip file"),
+    ):
+        path.write_bytes(damaged)
+        with pytest.raises(ArchiveError, match=why) as err:
+            read_archive(path, ingestion_us=0)
+        assert str(err.value).startswith(str(path))
+
+
 @pytest.mark.parametrize("zipped", [True, False])
 def test_archive_read_in_pieces_equals_one_piece(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zipped: bool
