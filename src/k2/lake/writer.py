@@ -14,15 +14,20 @@ column statistics and go into a commit exactly like pyiceberg's.
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
+    from pyiceberg.partitioning import PartitionKey, PartitionSpec
+    from pyiceberg.schema import Schema
     from pyiceberg.table import Table
     from pyiceberg.typedef import Record
 
@@ -101,8 +106,6 @@ def write_partitioned(
 ) -> list[DataFile]:
     """Split ``data`` (sorted) by ``table``'s current partition spec and write each part
     with :func:`write_files`; the DataFiles of every part, for one commit."""
-    from pyiceberg.io.pyarrow import _determine_partitions
-
     metadata = table.metadata
     spec = metadata.spec()
     write_uuid = uuid.uuid4()
@@ -113,20 +116,79 @@ def write_partitioned(
         return write_files(table, data, partition=Record(), spec_id=spec.spec_id,
                            prefix=prefix, zstd_level=zstd_level, threads=threads,
                            write_uuid=write_uuid)  # fmt: skip
-    for n, part in enumerate(_determine_partitions(spec, metadata.schema(), data)):
+    schema = metadata.schema()
+    for n, (key, rows) in enumerate(partitions(spec, schema, data)):
         out.extend(
             write_files(
                 table,
-                part.arrow_table_partition,
-                partition=part.partition_key.partition,
+                rows,
+                partition=key.partition,
                 spec_id=spec.spec_id,
-                prefix=f"{prefix}/{part.partition_key.to_path()}",
+                prefix=f"{prefix}/{key.to_path()}",
                 zstd_level=zstd_level,
                 threads=threads,
                 write_uuid=uuid.uuid5(write_uuid, str(n)),
             )
         )
     return out
+
+
+def partitions(
+    spec: PartitionSpec, schema: Schema, data: pa.Table
+) -> Iterator[tuple[PartitionKey, pa.Table]]:
+    """``data`` cut into one table per partition of ``spec``, with its key.
+
+    When every partition source is either one value throughout ``data`` (an archive's
+    symbol) or a time column in ascending order under a year/month/day/hour transform
+    (a time-ordered import), each partition is a contiguous run of rows: the runs are
+    found from the time transform alone and sliced, without computing every row's key
+    or filtering the table once per partition. Otherwise pyiceberg's general split.
+    """
+    from pyiceberg.io.pyarrow import _determine_partitions
+
+    runs = _contiguous_runs(spec, schema, data)
+    if runs is None:
+        for part in _determine_partitions(spec, schema, data):
+            yield part.partition_key, part.arrow_table_partition
+        return
+    for start, stop in runs:
+        (first,) = _determine_partitions(spec, schema, data.slice(start, 1))
+        yield first.partition_key, data.slice(start, stop - start)
+
+
+def _contiguous_runs(
+    spec: PartitionSpec, schema: Schema, data: pa.Table
+) -> list[tuple[int, int]] | None:
+    """Row ranges holding one partition key each, or ``None`` when the cheap test of
+    :func:`partitions` does not apply."""
+    from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
+
+    time_transforms = (YearTransform, MonthTransform, DayTransform, HourTransform)
+    n = data.num_rows
+    if n == 0:
+        return []
+    cuts: set[int] = set()
+    for field in spec.fields:
+        name = schema.find_column_name(field.source_id)
+        if name is None or name not in data.column_names:
+            return None
+        column = data[name]
+        if column.null_count:
+            return None
+        if pc.all(pc.equal(column, column[0])).as_py():
+            continue  # one value: no cut
+        if not isinstance(field.transform, time_transforms):
+            return None
+        values = column.combine_chunks()
+        if not pc.all(pc.less_equal(values[:-1], values[1:])).as_py():
+            return None
+        keys = field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(
+            values
+        )
+        changed = pc.not_equal(keys[:-1], keys[1:])
+        cuts.update(i + 1 for i in pc.indices_nonzero(changed).to_pylist())
+    bounds = [0, *sorted(cuts), n]
+    return list(itertools.pairwise(bounds))
 
 
 def _write_one(
