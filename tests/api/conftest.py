@@ -130,6 +130,9 @@ class StaticTail:
     def view(self, data_type: DataType) -> TailView:
         return self.views[data_type]
 
+    def peek(self, data_type: DataType) -> TailView | None:
+        return self.views.get(data_type)
+
 
 def keystore() -> KeyStore:
     return KeyStore([key_entry("alice", ALICE_KEY), key_entry("bob", BOB_KEY)])

@@ -317,3 +317,75 @@ def test_hybrid_answer_counts_as_hybrid(make_client: AppFactory, api_lake: ApiLa
         assert 'k2_hybrid_queries_total{endpoint="/v1/trades"} 1.0' in metrics
     finally:
         engine.close()
+
+
+def test_recent_trades_from_memory_equal_the_lake_path(
+    make_client: AppFactory, api_lake: ApiLake
+) -> None:
+    """/v1/trades/recent answered on the event loop from the tail's recent window gives
+    the bytes the thread-pool path gives; what memory cannot answer still answers."""
+    from k2.query.recent import RecentStore
+
+    settings = api_lake.settings()
+    quotes_snap = json.loads(make_client().get("/v1/snapshots", params={"table": "quotes"}).text)[
+        "data"
+    ][-1]["snapshot_id"]
+    store = RecentStore(window_us=3_600_000_000, max_rows=1_000_000)
+    first_us = api_lake.trades["timestamp"].cast(pa.int64())[0].as_py()
+    store.set_floor(first_us)  # the recent window holds the whole capture
+    for batch in api_lake.trades.to_batches(max_chunksize=500):
+        store.add(batch)
+    quotes = TailView(quotes_snap, {}, api_lake.quotes.slice(0, 0))
+    snapshot = api_lake.trade_snapshots[-1]  # the lake holds every trade: no tail rows
+    empty = api_lake.trades.slice(0, 0)
+    engines = {
+        memory: QueryEngine(
+            catalog_from(settings.lake, settings.data_dir),
+            settings=QuerySettings(),
+            tail=StaticTail(
+                {
+                    "trades": TailView(snapshot, {}, empty, recent=store.cut() if memory else None),
+                    "quotes": quotes,
+                }
+            ),
+            clock=lambda: CAPTURE_NOW,
+            background_refresh=False,
+        )
+        for memory in (True, False)
+    }
+    since = pa.scalar(CAPTURE_NOW - timedelta(minutes=5), pa.timestamp("us", tz="UTC"))
+    in_window = pc.sum(pc.greater_equal(api_lake.trades["timestamp"], since)).as_py()
+    assert 100 < in_window < api_lake.trades.num_rows
+    answered_now = [0]
+    real = engines[True].recent_trades_now
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        answer = real(*args, **kwargs)
+        answered_now[0] += answer is not None
+        return answer
+
+    engines[True].recent_trades_now = counted  # type: ignore[method-assign]
+    try:
+        clients = {m: make_client(engine_=e) for m, e in engines.items()}
+        engines[True].recent_trades("BTCUSDT", window_minutes=1)  # loads the file index
+        for params in (
+            {"symbol": "BTCUSDT", "window_minutes": 5, "limit": 50},
+            {"symbol": "BTCUSDT", "window_minutes": 5, "limit": 50, "order": "asc"},
+            {"symbol": "BTCUSDT", "window_minutes": 5, "limit": 50, "format": "csv"},
+            {"symbol": "BTCUSDT", "window_minutes": 5, "limit": 5000},  # > INLINE_ROWS
+        ):
+            got, want = (clients[m].get("/v1/trades/recent", params=params) for m in (True, False))
+            assert got.status_code == want.status_code == 200, got.text
+            if params.get("format") == "csv":
+                assert got.text == want.text and got.text.count("\n") == 51
+                continue
+            g, w = got.json(), want.json()
+            assert g["data"] == w["data"] and len(g["data"]) == min(params["limit"], in_window)
+            assert g["meta"].get("recent_window") is True and "recent_window" not in w["meta"]
+        assert answered_now[0] == 4
+        # A symbol the recent window does not hold: a 404 from the lake path.
+        missing = clients[True].get("/v1/trades/recent", params={"symbol": "BTCUSDX"})
+        assert missing.status_code == 404 and answered_now[0] == 4
+    finally:
+        for e in engines.values():
+            e.close()

@@ -192,3 +192,6 @@ class FixedTail:
         snap = table.current_snapshot()
         empty = trades_table([]) if data_type == "trades" else quotes_table([])
         return TailView(None if snap is None else snap.snapshot_id, {}, empty)
+
+    def peek(self, data_type: DataType) -> TailView | None:
+        return self.views.get(data_type)

@@ -517,6 +517,9 @@ def test_a_tail_that_is_not_ready_degrades_to_the_lake(
         def view(self, data_type: DataType) -> TailView:
             raise TransientError("no cut yet")
 
+        def peek(self, data_type: DataType) -> TailView | None:
+            return None
+
     engine = make_engine(tail=NotReady())
     result = engine.trades("BTCUSDT", limit=100_000)
     assert keys(result.table) == expected(loaded, {"BTCUSDT"})

@@ -65,8 +65,9 @@ def test_recent_questions_come_from_memory_and_equal_the_lake_path(
 
     cut = with_memory.view("trades").recent
     assert cut is not None
-    # Newest trade the lake held when the tail started: id 100 of every symbol.
-    assert cut.floor_us == T0_US + 100 * MS + 1
+    # The tail started with the lake's last 15 minutes (ids 1..100 of every symbol) in
+    # memory: the floor is the start of that window, not the lake's newest trade.
+    assert cut.floor_us == NOW_US - 900 * 1_000_000 < T0_US
     assert plain.view("trades").recent is None
 
     fast, slow = _engine(tmp_path, with_memory), _engine(tmp_path, plain)
@@ -74,13 +75,15 @@ def test_recent_questions_come_from_memory_and_equal_the_lake_path(
     got = fast.trades("BTCUSDT", start=lo, end=hi, order="desc", limit=500)
     assert got.meta.extra.get("recent_window") is True and got.meta.files_scanned == 0
     ids = got.table.column("trade_id").to_pylist()
-    assert ids == list(range(180, 100, -1))  # committed and uncommitted, once each
+    # Seeded from the lake, read then committed, only in the log: each once.
+    assert ids == list(range(180, 0, -1))
     want = slow.trades("BTCUSDT", start=lo, end=hi, order="desc", limit=500)
     assert "recent_window" not in want.meta.extra
     assert got.table.equals(want.table)
 
     # A window reaching below the floor is not answered from memory, and is whole.
-    wide = fast.trades("BTCUSDT", start=_dt(T0_US), end=_dt(NOW_US), limit=500)
+    below = _dt(cut.floor_us - 1)
+    wide = fast.trades("BTCUSDT", start=below, end=_dt(NOW_US), limit=500)
     assert "recent_window" not in wide.meta.extra
     assert wide.table.column("trade_id").to_pylist() == list(range(1, 181))
 
@@ -92,7 +95,7 @@ def test_recent_questions_come_from_memory_and_equal_the_lake_path(
     both = (
         first.table.column("message_id").to_pylist() + rest.table.column("message_id").to_pylist()
     )
-    assert len(both) == len(set(both)) == 160
+    assert len(both) == len(set(both)) == 360
     for engine in (fast, slow):
         engine.close()
 
@@ -148,7 +151,9 @@ def test_quiet_symbols_are_answered_from_memory_and_typos_are_404(
     feed = TradeFeed(log, TRADES, symbols=("BTCUSDT", "ETHUSDT"))
     feed.produce(10)
     commit(log, tables["trades"], TRADES, feed.ends)  # ETHUSDT trades only in the lake
-    tail = _tail(log, tables, 900)
+    # The window starts between the lake's last trade (T0 + 10 ms) and the log's first:
+    # nothing is seeded from the lake, and ETHUSDT has no recent rows.
+    tail = _tail(log, tables, 600 - 0.0105)
     tail.step()
     feed.produce({"BTCUSDT": 5})
     tail.step()
@@ -163,6 +168,98 @@ def test_quiet_symbols_are_answered_from_memory_and_typos_are_404(
         engine.trades("BTCUSDX", start=_dt(cut.floor_us), end=_dt(NOW_US))
     assert err.value.code == "unknown-symbol"
     engine.close()
+
+
+def test_recent_trades_now_answers_from_memory_or_declines(
+    tmp_path: Path, log: EmbeddedLog, tables: dict[str, Table]
+) -> None:
+    """The event-loop variant: the same answer as recent_trades when memory holds it;
+    None (never a lake read, never a wrong answer) when it does not; the same errors."""
+    from k2.query.base import QueryError
+
+    feed = TradeFeed(log, TRADES, symbols=("BTCUSDT", "ETHUSDT"))
+    feed.produce(100)
+    commit(log, tables["trades"], TRADES, feed.ends)
+    now_us = T0_US + 60_000_000 + 110 * MS  # a 1-minute window starts at id 110's time
+    # A 60 s recent window starts after the lake's trades: nothing seeded from the lake.
+    tail = LiveTail(log, LAYOUT, tables, data_types=("trades",), wall_clock_us=lambda: now_us,
+                    settings=QuerySettings(recent_window_s=60))  # fmt: skip
+    engine = QueryEngine(catalog_from(LakeSettings(), tmp_path / "data"), tail=tail,
+                         clock=lambda: _dt(now_us), background_refresh=False)  # fmt: skip
+    # No cut published yet: declines without waiting for one.
+    assert engine.recent_trades_now("BTCUSDT", window_minutes=1) is None
+    tail.step()
+    feed.produce({"BTCUSDT": 40})  # only in the log: ETHUSDT is quiet in memory
+    tail.step()
+    engine.recent_trades("BTCUSDT", window_minutes=1, limit=1)  # loads the snapshot's index
+
+    for order in ("desc", "asc"):
+        now = engine.recent_trades_now("BTCUSDT", window_minutes=1, limit=25, order=order)
+        assert now is not None and now.meta.extra.get("recent_window") is True
+        slow = engine.recent_trades("BTCUSDT", window_minutes=1, limit=25, order=order)
+        assert now.table.num_rows == 25 and now.table.equals(slow.table)
+        assert now.meta.next_cursor == slow.meta.next_cursor is not None
+    newest = engine.recent_trades_now("BTCUSDT", window_minutes=1, limit=25)
+    assert newest is not None
+    assert newest.table.column("trade_id").to_pylist() == list(range(140, 115, -1))
+
+    # A quiet symbol needs a lake read to tell it from a typo: declined, then answered.
+    assert engine.recent_trades_now("ETHUSDT", window_minutes=1) is None
+    assert engine.recent_trades("ETHUSDT", window_minutes=1).table.num_rows == 0
+    # A window below the recent store's floor: declined (the lake must answer).
+    assert engine.recent_trades_now("BTCUSDT", window_minutes=2) is None
+    # A snapshot whose file index is not loaded yet: declined, no manifest read.
+    commit(log, tables["trades"], TRADES, feed.ends)
+    tail.step()
+    assert engine.recent_trades_now("BTCUSDT", window_minutes=1) is None
+    for bad, code in ((0, "bad-request"), (10**9, "window-too-large")):
+        with pytest.raises(QueryError) as err:
+            engine.recent_trades_now("BTCUSDT", window_minutes=bad)
+        assert err.value.code == code
+    engine.close()
+    without_tail = QueryEngine(catalog_from(LakeSettings(), tmp_path / "data"))
+    assert without_tail.recent_trades_now("BTCUSDT") is None
+    without_tail.close()
+
+
+def test_a_starting_tail_loads_the_window_from_the_lake(
+    tmp_path: Path, log: EmbeddedLog, tables: dict[str, Table]
+) -> None:
+    """A tail started after the sink committed everything answers recent questions from
+    memory at once (the lake's last window was loaded), equal to the lake's answer; too
+    many rows to hold and it starts from the lake's end instead."""
+    feed = TradeFeed(log, TRADES, symbols=("BTCUSDT", "ETHUSDT"))
+    feed.produce(100)
+    commit(log, tables["trades"], TRADES, feed.ends)  # all in the lake, none in the tail
+    tail = _tail(log, tables, 900)
+    tail.step()
+    cut = tail.view("trades").recent
+    assert cut is not None and cut.floor_us == NOW_US - 900 * 1_000_000
+    assert {s: t.num_rows for s, t in cut.by_symbol.items()} == {"BTCUSDT": 100, "ETHUSDT": 100}
+    assert cut.ordered == {"BTCUSDT", "ETHUSDT"}  # seeded in key order: the fast read
+    engine = _engine(tmp_path, tail)
+    lake_only = QueryEngine(catalog_from(LakeSettings(), tmp_path / "data"))
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        got = engine.recent_trades(symbol, window_minutes=15, limit=30)
+        assert got.meta.extra.get("recent_window") is True and got.meta.files_scanned == 0
+        want = lake_only.trades(symbol, start=_dt(cut.floor_us), order="desc", limit=30)
+        assert got.table.equals(want.table)
+    engine.close()
+    lake_only.close()
+
+    small = LiveTail(log, LAYOUT, tables, data_types=("trades",), wall_clock_us=lambda: NOW_US,
+                     settings=QuerySettings(recent_window_s=900, recent_max_rows=1000))  # fmt: skip
+    small.step()
+    # 200 rows fit in 1000: seeded. Shrink the cap below them and a fresh tail does not.
+    assert small.view("trades").recent is not None
+    feed.produce(500)
+    commit(log, tables["trades"], TRADES, feed.ends)  # 1200 rows now
+    fresh = LiveTail(log, LAYOUT, tables, data_types=("trades",), wall_clock_us=lambda: NOW_US,
+                     settings=QuerySettings(recent_window_s=900, recent_max_rows=1000))  # fmt: skip
+    fresh.step()
+    cut = fresh.view("trades").recent
+    assert cut is not None and cut.by_symbol == {}
+    assert cut.floor_us == T0_US + 600 * MS + 1  # the lake's end: the old way
 
 
 def _keys(table: object) -> list[tuple[int, int]]:

@@ -1,10 +1,12 @@
 """The ``/v1`` routes: thin translations of query parameters into engine calls.
 
 Handlers are plain ``def`` (FastAPI runs them in its thread pool, so a DuckDB scan
-never blocks the event loop); each parses its parameters (:mod:`k2.api.params`),
-chooses the format before doing any work (a 406 costs nothing), calls the engine once
-and encodes the Arrow result (:mod:`k2.api.formats`). No pydantic response models:
-shapes are declared for OpenAPI in :mod:`k2.api.schemas`.
+never blocks the event loop), except ``/v1/trades/recent``, which answers from memory
+on the event loop when it can and hands anything else to the pool. Each parses its
+parameters (:mod:`k2.api.params`), chooses the format before doing any work (a 406
+costs nothing), calls the engine once and encodes the Arrow result
+(:mod:`k2.api.formats`). No pydantic response models: shapes are declared for
+OpenAPI in :mod:`k2.api.schemas`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyarrow as pa
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from k2.api.formats import MEDIA_TYPES, Format, encode, encode_json, negotiate
@@ -29,6 +32,10 @@ from k2.config import Settings
 from k2.lake.snapshots import SnapshotInfo
 from k2.query.base import DataType, QueryError, QueryMeta, QueryResult
 from k2.records import QUOTE, TRADE
+
+#: Rows a recent-trades answer from memory may have to be encoded on the event loop
+#: (~1 ms of JSON); larger pages are encoded in the thread pool.
+INLINE_ROWS = 1_000
 
 
 class QueryService(Protocol):
@@ -68,6 +75,15 @@ class QueryService(Protocol):
         limit: int | None = None,
         order: Literal["asc", "desc"] = "desc",
     ) -> QueryResult: ...
+
+    def recent_trades_now(
+        self,
+        symbols: list[str] | None = None,
+        *,
+        window_minutes: float = 15,
+        limit: int | None = None,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> QueryResult | None: ...
 
     def bars(
         self,
@@ -274,7 +290,7 @@ def build_router(engine: QueryService, settings: Settings, metrics: ApiMetrics) 
         summary="Trades of the last minutes (hybrid: lake + tail)",
         responses=data_responses(trade_rows),
     )
-    def recent_trades(
+    async def recent_trades(
         request: Request,
         symbols: Symbols = None,
         window_minutes: Annotated[
@@ -288,14 +304,20 @@ def build_router(engine: QueryService, settings: Settings, metrics: ApiMetrics) 
     ) -> Response:
         """Trades of the last ``window_minutes`` (1-1440) up to now, including those not
         yet committed to the lake; newest first unless ``order=asc``."""
+        # The hot path: answered on the event loop when memory alone answers it (no
+        # thread hand-off, no I/O; small JSON pages only), else in the thread pool.
         f = accept(request, fmt)
-        result = engine.recent_trades(
-            parse_symbols(symbols),
-            window_minutes=window_minutes,
-            limit=checked(limit),
-            order=order,
+        syms, lim = parse_symbols(symbols), checked(limit)
+        result = engine.recent_trades_now(
+            syms, window_minutes=window_minutes, limit=lim, order=order
         )
-        return respond(request, result, f)
+        if result is not None and f == "json" and result.table.num_rows <= INLINE_ROWS:
+            return respond(request, result, f)
+        if result is None:
+            result = await run_in_threadpool(
+                engine.recent_trades, syms, window_minutes=window_minutes, limit=lim, order=order
+            )
+        return await run_in_threadpool(respond, request, result, f)
 
     @router.get(
         V1 + "/quotes",

@@ -52,6 +52,9 @@ class RecentCut:
     bounds: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     #: The symbols whose rows are in key order across their chunks (each message once).
     ordered: frozenset[str] = frozenset()
+    #: Per symbol, its table's chunks as record batches (the same buffers), so a query
+    #: reads chunk ``i`` without assembling it from the columns.
+    batches: Mapping[str, tuple[pa.RecordBatch, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,12 @@ class Tail(Protocol):
     """The live tail as the engine uses it."""
 
     def view(self, data_type: DataType) -> TailView:
-        """The newest consistent cut for ``data_type`` (cheap: no I/O)."""
+        """The newest consistent cut for ``data_type`` (cheap: no I/O once the first
+        cut exists; the first call may wait for it)."""
+        ...
+
+    def peek(self, data_type: DataType) -> TailView | None:
+        """The newest published cut, or ``None`` before the first: never waits."""
         ...
 
 

@@ -240,6 +240,50 @@ class QueryEngine:
     ) -> QueryResult:
         """The trades of the last ``window_minutes`` up to now (the injected clock,
         inclusive), newest first by default, at most ``limit``: lake plus live tail."""
+        start, end = self._recent_window(window_minutes)
+        return self._rows("trades", symbols, start, end, None, limit, order, None, None, None)
+
+    def recent_trades_now(
+        self,
+        symbols: str | Sequence[str] | None = None,
+        *,
+        window_minutes: float = 15,
+        limit: int | None = None,
+        order: str = "desc",
+    ) -> QueryResult | None:
+        """:meth:`recent_trades`, when it can be answered from memory at once; else
+        ``None`` (then call :meth:`recent_trades`).
+
+        Memory means the live tail's recent window (see :mod:`k2.query.recent`): the
+        tail has published a cut, the cut covers the window, every symbol asked for has
+        rows in it, and the file index of the cut's snapshot is already loaded. This
+        never reads a file, the catalog or the log and never waits on a lock held across
+        I/O, so an event loop may call it (the API does, for the hot path). Same
+        answer, same errors (bad window, limit, order, symbol) as :meth:`recent_trades`.
+        """
+        t0 = time.perf_counter()
+        start, end = self._recent_window(window_minutes)
+        syms = params.symbols(symbols)
+        start_us, end_us = params.window(self._settings, start, end)
+        n = params.limit(self._settings, limit)
+        direction = params.order(order)
+        if self._tail is None or not syms:
+            return None
+        view = self._tail.peek("trades")
+        if view is None or view.recent is None:
+            return None
+        loaded = self._lake.loaded_at_snapshot("trades", view.snapshot_id)
+        if loaded is None:
+            return None
+        state, index = loaded
+        flt = RowFilter("trades", syms, None, start_us, end_us, None, direction)
+        out_cols = params.columns("trades", None)
+        return self._recent_rows(
+            state, view, flt, syms, n, direction, out_cols, index, t0, blocking=False
+        )
+
+    def _recent_window(self, window_minutes: float) -> tuple[datetime, datetime]:
+        """``[now - window_minutes, now]`` (now inclusive: the end is one µs later)."""
         longest = self._settings.max_window_days * 1440
         if not window_minutes > 0 or window_minutes > longest:
             raise QueryError(
@@ -247,10 +291,7 @@ class QueryEngine:
                 code="window-too-large" if window_minutes > 0 else "bad-request",
             )
         now = params.aware(self._clock(), "clock()")
-        start = now - timedelta(minutes=window_minutes)
-        return self._rows(
-            "trades", symbols, start, now + params.US, None, limit, order, None, None, None
-        )
+        return now - timedelta(minutes=window_minutes), now + params.US
 
     def _rows(
         self,
@@ -334,9 +375,12 @@ class QueryEngine:
         out_cols: Sequence[str],
         index: SnapshotIndex,
         t0: float,
+        *,
+        blocking: bool = True,
     ) -> QueryResult | None:
         """The answer from the tail's recent window alone, when it holds the whole
-        window (see :mod:`k2.query.recent`); ``None`` to take the lake + tail path."""
+        window (see :mod:`k2.query.recent`); ``None`` to take the lake + tail path.
+        ``blocking`` false: ``None`` too where checking a quiet symbol would read."""
         cut = view.recent
         if cut is None or flt.start_us is None:
             return None
@@ -363,6 +407,8 @@ class QueryEngine:
         page = rows.slice(0, n)
         quiet = tuple(s for s in syms if s not in cut.by_symbol)
         if quiet:  # no recent rows: a real but quiet symbol, or a typo (404)
+            if not blocking:
+                return None
             conn = self._conn()
             self._require_known(conn, state, flt.data_type, index, view, quiet, page)
         meta = QueryMeta(

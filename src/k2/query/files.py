@@ -210,6 +210,18 @@ class FileIndexer:
         self._indexes: OrderedDict[int, tuple[SnapshotIndex, tuple[str, ...]]] = OrderedDict()
         self._manifests: dict[str, tuple[DataFile, ...]] = {}
 
+    def cached(self, snapshot_id: int | None) -> SnapshotIndex | None:
+        """The index of ``snapshot_id`` if it is cached (None: the empty index), else
+        ``None``; never reads anything."""
+        if snapshot_id is None:
+            return SnapshotIndex.build(None, ())
+        with self._lock:
+            hit = self._indexes.get(snapshot_id)
+            if hit is None:
+                return None
+            self._indexes.move_to_end(snapshot_id)
+            return hit[0]
+
     def index(self, metadata: TableMetadata, io: FileIO, snapshot_id: int | None) -> SnapshotIndex:
         """The index of ``snapshot_id`` in ``metadata`` (None: an empty index).
 

@@ -146,6 +146,21 @@ class LakeTables:
             state = self.refresh()
         return state, self.index(state, data_type, snapshot_id)
 
+    def loaded_at_snapshot(
+        self, data_type: DataType, snapshot_id: int | None
+    ) -> tuple[LakeState, SnapshotIndex] | None:
+        """:meth:`at_snapshot` if it needs no I/O: the loaded metadata holds the snapshot
+        (and is not due for an inline refresh) and its file index is cached; else None."""
+        state = self._state
+        age = time.monotonic() - state.loaded_mono
+        if self._thread is None and age > self._settings.refresh_ms / 1000:
+            return None
+        meta = state.tables[data_type].metadata
+        if snapshot_id is not None and meta.snapshot_by_id(snapshot_id) is None:
+            return None
+        index = self._indexer.cached(snapshot_id)
+        return None if index is None else (state, index)
+
     def as_of(self, data_type: DataType, as_of: int | datetime) -> tuple[LakeState, SnapshotIndex]:
         """The snapshot with id ``as_of``, or the one current at time ``as_of`` (aware).
 

@@ -45,8 +45,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+import pyarrow as pa
 
 from k2.config import QuerySettings, Settings
 from k2.errors import K2Error, TerminalError, TransientError
@@ -224,6 +226,11 @@ class LiveTail:
                 self._publish()
         return self._views[data_type]
 
+    def peek(self, data_type: DataType = "trades") -> TailView | None:
+        """The newest published cut for ``data_type``, or ``None`` before the first one
+        (lock-free, never blocks: for callers on an event loop)."""
+        return self._views.get(data_type)
+
     def stats(self) -> TailStats:
         """Counters and per-data-type state as of the last publication (lock-free)."""
         return self._stats
@@ -395,12 +402,22 @@ class LiveTail:
         new = stream.new_partitions(partitions)
         begins = self._log.begin_offsets(stream.topic) if any(p not in lake for p in new) else {}
         floor = None
+        seed: pa.Table | None = None
         recent = stream.recent
         if recent is not None and (recent.needs_floor or _would_jump(stream, lake)):
             # Before any change, like every other read here.
             floor = lake_max_timestamp_us(table) + 1
+            since = self._wall_clock_us() - recent.window_us
+            if recent.needs_floor and recent.rows == 0 and since < floor:
+                # Starting: load the window's committed records from the lake, so recent
+                # questions are answered from memory from the first cut on.
+                seed = lake_rows_since(table, snapshot_id, since, stream.schema, recent.max_rows)
+                if seed is not None:
+                    floor = since
         stream.apply_lake(snapshot_id, lake, partitions, begins)
-        if recent is not None and floor is not None:
+        if recent is not None and seed is not None and floor is not None:
+            recent.seed(seed, floor)
+        elif recent is not None and floor is not None:
             recent.set_floor(floor)
 
     def _partitions(self, topic: str) -> int | None:
@@ -512,6 +529,33 @@ def lake_max_timestamp_us(table: Table) -> int:
             return 2**62
         newest = max(newest, int(from_bytes(field_type, raw)))
     return newest
+
+
+def lake_rows_since(
+    table: Table, snapshot_id: int | None, since_us: int, schema: pa.Schema, max_rows: int
+) -> pa.Table | None:
+    """The records of snapshot ``snapshot_id`` with ``timestamp >= since_us`` (UTC µs)
+    in ``schema``; ``None`` when there are more than ``max_rows`` (too many to hold).
+
+    Files are pruned by their timestamp bounds, so this reads the newest files only.
+    Raises :class:`LakeUnavailable` when they cannot be read.
+    """
+    if snapshot_id is None:
+        return schema.empty_table()
+    since = datetime.fromtimestamp(0, tz=UTC) + timedelta(microseconds=since_us)
+    try:
+        scan = table.scan(
+            snapshot_id=snapshot_id,
+            row_filter=f"timestamp >= '{since.isoformat()}'",
+            selected_fields=tuple(schema.names),
+        )
+        rows = scan.to_arrow()
+    except Exception as exc:  # the catalog's or the object store's own errors
+        raise LakeUnavailable(f"reading the recent records of {table.name()}: {exc!r}") from exc
+    if rows.num_rows > max_rows:
+        log.warning("tail_recent_seed_skipped", table=str(table.name()), rows=rows.num_rows)
+        return None
+    return rows.select(schema.names).cast(schema)
 
 
 def _utc(us: int | None) -> datetime | None:
