@@ -14,6 +14,7 @@ unexpected as 500 with the request id (logged; :mod:`k2.api.middleware`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -111,7 +112,13 @@ def create_app(
 
     @app.get("/health", tags=["open"], summary="Liveness: the process answers")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, **(status() if status else {})}
+        # pid: which worker process answered (api.workers > 1 runs several).
+        return {
+            "status": "ok",
+            "version": __version__,
+            "pid": os.getpid(),
+            **(status() if status else {}),
+        }
 
     @app.get(
         "/metrics",
