@@ -18,10 +18,10 @@ timestamp inside each file lets Parquet row-group statistics prune further.
 Writers must sort each batch themselves (pyiceberg 0.12 records the sort order but
 does not apply it): see :func:`sort_for`.
 
-File properties (see :data:`WRITE_PROPERTIES`): zstd, row groups of at most 131,072
-rows, 128 MiB target file size. Measured on 1M realistic trades (``benchmarks/
-datasets.py``: real BTCUSDT prices/sizes/times, 10 symbols), sorted by symbol and time,
-one Parquet file (pyarrow 26):
+File properties (see :data:`WRITE_PROPERTIES`): zstd, row groups of at most 16,384
+rows, 128 MiB target file size. Codec, measured on 1M realistic trades
+(``benchmarks/datasets.py``: real BTCUSDT prices/sizes/times, 10 symbols), sorted by
+symbol and time, one Parquet file (pyarrow 26):
 
 ============  ==========  ===========  ===========================
 codec         row groups  bytes/trade  read one symbol (of 10)
@@ -32,11 +32,25 @@ snappy        131,072     21.9         103 ms
 snappy        1,048,576   17.4         695 ms
 ============  ==========  ===========  ===========================
 
-zstd halves the size against snappy for a small read cost. 131k-row groups cost ~45%
-in size against 1M-row groups on this (tiled, very repetitive) data but make a
-selective read ~4.7× faster, and K2's queries are selective (a symbol, a time range).
-Sink micro-batches write files far below both limits (bucketing spreads a batch over
-many files), so the limits mainly shape compaction's output, where they matter.
+zstd halves the size against snappy for a small read cost. Row-group size, measured
+on one synthetic day of 3.3M trades over 100 symbols (``benchmarks/query_data.py``'s
+generator, the 100M table's daily volume) written as compaction writes it (K2's
+writer, zstd 9), K2's engine, 300 random symbols each (p50 / p99):
+
+==========  ===========  ==============  ==========================
+row groups  bytes/trade  last 100 trades  1-minute bars, symbol-day
+==========  ===========  ==============  ==========================
+131,072     16.80        8.2 / 17.9 ms   13.4 / 31.6 ms
+32,768      16.89        7.3 / 16.0 ms   12.6 / 27.8 ms
+16,384      16.95        7.3 / 15.0 ms   12.7 / 25.7 ms
+==========  ===========  ==============  ==========================
+
+K2's questions are selective (a symbol, a time range): smaller groups let row-group
+statistics skip more, for under 1% in size. Sink micro-batches write files far below
+the limits (bucketing spreads a batch over many files), so the limits mainly shape
+compaction's output. A table keeps the properties it was created with; set
+``write.parquet.row-group-limit`` on an older one to change it (compaction then
+rewrites with it).
 """
 
 from __future__ import annotations
@@ -64,11 +78,14 @@ GAPS = f"{NAMESPACE}.gaps"
 #: Symbol hash buckets of trades and quotes.
 SYMBOL_BUCKETS = 16
 
+#: Rows per Parquet row group at most (see the module doc for the measurement).
+ROW_GROUP_ROWS = 16_384
+
 #: Table properties every K2 table gets.
 WRITE_PROPERTIES: dict[str, str] = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
-    "write.parquet.row-group-limit": str(131_072),
+    "write.parquet.row-group-limit": str(ROW_GROUP_ROWS),
     "write.target-file-size-bytes": str(128 * 1024 * 1024),
     "k2.schema-version": "2",
 }

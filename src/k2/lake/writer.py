@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from k2.lake.tables import ROW_GROUP_ROWS
+
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
     from pyiceberg.partitioning import PartitionKey, PartitionSpec
@@ -207,7 +209,7 @@ def _write_one(
     arrow_schema = schema_to_pyarrow(schema, include_field_ids=True)
     data = data.select(arrow_schema.names).cast(arrow_schema)
     dictionary, encodings = column_encodings(arrow_schema)
-    row_groups = int(metadata.properties.get("write.parquet.row-group-limit", "131072"))
+    row_groups = int(metadata.properties.get("write.parquet.row-group-limit", str(ROW_GROUP_ROWS)))
     output = table.io.new_output(path)
     with output.create(overwrite=False) as stream:
         writer = pq.ParquetWriter(
