@@ -29,6 +29,7 @@ import numpy as np
 from k2.errors import ConfigError, TerminalError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyiceberg.io import FileIO
     from pyiceberg.table.metadata import TableMetadata
 
@@ -358,6 +359,8 @@ class FooterCache:
         self._max = max_files
         self._lock = threading.Lock()
         self._by_path: OrderedDict[str, tuple[RowGroup, ...]] = OrderedDict()
+        # Parquet footers of the files read lately (bigger than the statistics: fewer).
+        self._meta: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, f: DataFile) -> tuple[RowGroup, ...]:
         """The row groups of ``f``, in file order."""
@@ -366,15 +369,52 @@ class FooterCache:
             if hit is not None:
                 self._by_path.move_to_end(f.read_path)
                 return hit
-        groups = _row_groups(f.read_path if self._opener is None else self._opener(f.read_path))
+        groups = self._read_footer(f)[0]
         with self._lock:
             self._by_path[f.read_path] = groups
             while len(self._by_path) > self._max:
                 self._by_path.popitem(last=False)
         return groups
 
+    def read_group(self, f: DataFile, group: int, columns: Sequence[str]) -> pa.Table | None:
+        """Row group ``group`` of ``f``, ``columns`` only; ``None`` when the file lacks
+        one of them (written before the column was added)."""
+        import pyarrow.parquet as pq
 
-def _row_groups(source: Any) -> tuple[RowGroup, ...]:
+        with self._lock:
+            meta = self._meta.get(f.read_path)
+            if meta is not None:
+                self._meta.move_to_end(f.read_path)
+        if meta is None:
+            meta = self._read_footer(f)[1]
+        if not set(columns) <= set(meta.schema.names):
+            return None
+        if self._opener is None:
+            parquet = pq.ParquetFile(f.read_path, metadata=meta)
+            return parquet.read_row_group(group, columns=list(columns))
+        with self._opener(f.read_path) as source:
+            parquet = pq.ParquetFile(source, metadata=meta)
+            return parquet.read_row_group(group, columns=list(columns))
+
+    def _read_footer(self, f: DataFile) -> tuple[tuple[RowGroup, ...], Any]:
+        if self._opener is None:
+            groups, meta = _row_groups(f.read_path)
+        else:
+            with self._opener(f.read_path) as source:
+                groups, meta = _row_groups(source)
+        with self._lock:
+            self._meta[f.read_path] = meta
+            while len(self._meta) > _FOOTERS_KEPT:
+                self._meta.popitem(last=False)
+        return groups, meta
+
+
+#: Parquet footers :class:`FooterCache` keeps for reading row groups directly.
+_FOOTERS_KEPT = 4_096
+
+
+def _row_groups(source: Any) -> tuple[tuple[RowGroup, ...], Any]:
+    """The row groups' statistics and the file's Parquet metadata."""
     import pyarrow.parquet as pq
 
     meta = pq.read_metadata(source)
@@ -407,7 +447,7 @@ def _row_groups(source: Any) -> tuple[RowGroup, ...]:
                 ts_hi=None if ts[1] is None else int(ts[1]),
             )
         )
-    return tuple(out)
+    return tuple(out), meta
 
 
 def _text(value: Any) -> str | None:

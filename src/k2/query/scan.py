@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from k2.query.base import DataType, QueryError
 from k2.query.files import TS_MAX, TS_MIN, DataFile, FooterCache, RowGroup
@@ -58,6 +59,11 @@ TOP_AGGREGATE_MAX = 10_000
 
 #: Most files read by one query of the walk (the batch doubles from 1 up to this).
 MAX_BATCH_FILES = 64
+
+#: The row-group path (:func:`_read_top_groups`) answers up to this many rows ...
+DIRECT_MAX_N = 10_000
+#: ... reading at most this many rows; beyond either, DuckDB reads.
+DIRECT_MAX_ROWS = 262_144
 
 
 def sql_str(value: str) -> str:
@@ -275,6 +281,10 @@ def _read_top(
     n: int,
     footers: FooterCache | None,
 ) -> pa.Table:
+    if footers is not None:
+        direct = _read_top_groups(files, flt, columns, order, n, footers)
+        if direct is not None:
+            return direct
     source = parquet_source(files)
     if sum(f.record_count for f in files) > CUTOFF_MIN_ROWS:
         if footers is not None:
@@ -291,6 +301,104 @@ def _read_top(
         f"ORDER BY {order_by(flt.data_type, order)} LIMIT {int(n)}"
     )
     return conform(conn.sql(text).to_arrow_table(), flt.data_type, columns)
+
+
+def _read_top_groups(
+    files: Sequence[DataFile],
+    flt: RowFilter,
+    columns: Sequence[str],
+    order: Order,
+    n: int,
+    footers: FooterCache,
+) -> pa.Table | None:
+    """:func:`_read_top` without SQL: the row groups that may match, by their
+    statistics, read newest first (oldest for ``asc``) with pyarrow until no unread
+    group can beat the n-th row found. K2's files are sorted by symbol and time in
+    small row groups, so "the last 100 of a symbol" reads one or two groups, and this
+    saves DuckDB's fixed cost per query (two queries, ~2-3 ms each, against ~1 ms).
+
+    ``None`` where this does not apply (a cursor, a large ``n``, missing statistics,
+    a file without one of the columns, more than :data:`DIRECT_MAX_ROWS` rows to
+    visit): then DuckDB reads.
+    """
+    if flt.after is not None or n > DIRECT_MAX_N:
+        return None
+    desc = order == "desc"
+    lo, hi = flt.lo_us, flt.hi_us
+    wanted = None if flt.symbols is None else sorted(flt.symbols)
+    candidates: list[tuple[DataFile, int, RowGroup]] = []
+    for f in files:
+        for i, g in enumerate(footers.get(f)):
+            if g.ts_lo is None or g.ts_hi is None:
+                return None
+            if (lo is not None and g.ts_hi < lo) or (hi is not None and g.ts_lo >= hi):
+                continue
+            if wanted is not None:
+                if g.symbol_lo is None or g.symbol_hi is None:
+                    return None
+                low, high = g.symbol_lo, g.symbol_hi
+                if not any(low <= s <= high for s in wanted):
+                    continue
+            ex_lo, ex_hi, ex = g.exchange_lo, g.exchange_hi, flt.exchange
+            if (
+                ex is not None
+                and ex_lo is not None
+                and ex_hi is not None
+                and not ex_lo <= ex <= ex_hi
+            ):
+                continue
+            candidates.append((f, i, g))
+    candidates.sort(key=lambda c: c[2].ts_hi if desc else c[2].ts_lo, reverse=desc)  # type: ignore[arg-type, return-value]
+    read = tuple(dict.fromkeys([*columns, *KEYS[flt.data_type]]))
+    got: pa.Table | None = None
+    visited = 0
+    for f, i, g in candidates:
+        if got is not None and got.num_rows >= n:
+            edge = int(got.column("timestamp")[n - 1].value)
+            # Groups are sorted by the bound tested: none further can hold a row
+            # that sorts before the n-th (an equal time can: keep reading those).
+            if (desc and g.ts_hi < edge) or (not desc and g.ts_lo > edge):  # type: ignore[operator]
+                break
+        visited += g.rows
+        if visited > DIRECT_MAX_ROWS:
+            return None
+        part = footers.read_group(f, i, read)
+        if part is None:
+            return None
+        part = _filtered(part, flt)
+        if part.num_rows == 0:
+            continue
+        part = conform(part, flt.data_type, read)
+        got = part if got is None else pa.concat_tables([got, part])
+        got = sort_rows(got, flt.data_type, order).slice(0, n)
+    if got is None:
+        return empty(flt.data_type, columns)
+    return got.select(list(columns))
+
+
+def _filtered(rows: pa.Table, flt: RowFilter) -> pa.Table:
+    """The rows of ``rows`` that ``flt`` (without a cursor) keeps: compute kernels on
+    the columns, not an expression (whose plan costs more than the kernels here)."""
+    masks: list[pa.ChunkedArray] = []
+    if flt.symbols is not None:
+        symbol = rows.column("symbol")
+        if len(flt.symbols) == 1:
+            masks.append(pc.equal(symbol, flt.symbols[0]))
+        else:
+            masks.append(pc.is_in(symbol, value_set=pa.array(flt.symbols, pa.string())))
+    if flt.exchange is not None:
+        masks.append(pc.equal(rows.column("exchange"), flt.exchange))
+    ts = rows.column("timestamp")
+    if flt.lo_us is not None:
+        masks.append(pc.greater_equal(ts, pa.scalar(flt.lo_us, ts.type)))
+    if flt.hi_us is not None:
+        masks.append(pc.less(ts, pa.scalar(flt.hi_us, ts.type)))
+    if not masks:
+        return rows
+    keep = masks[0]
+    for m in masks[1:]:
+        keep = pc.and_(keep, m)
+    return rows.filter(keep)
 
 
 def _nth_timestamp(
