@@ -31,10 +31,11 @@ symbol and interval, straight to Arrow in the canonical ``TRADE`` schema):
 Stored twice, built once and cached under ``K2_BENCH_DIR`` (default
 ``~/.cache/k2-bench``) in a directory keyed by size and seed:
 
-- a K2 lake (embedded SQLite catalog, local warehouse): one ``append`` per day of the
-  day's trades sorted with :func:`k2.lake.tables.sort_for`, which writes one Parquet
-  file (zstd, row groups of ≤ 131,072 rows) per ``day × symbol bucket`` partition:
-  already one file per partition, so compaction has nothing to do;
+- a K2 lake (embedded SQLite catalog, local warehouse): one commit per day of the
+  day's trades sorted with :func:`k2.lake.tables.sort_for`, written as compaction
+  writes them (:func:`k2.lake.writer.write_partitioned`: K2's encodings, zstd level
+  9, the table's row groups of ≤ 16,384 rows), one Parquet file per
+  ``day × symbol bucket`` partition: the layout of a compacted K2 lake;
 - an ArcticDB library on LMDB, one ArcticDB symbol per market symbol, a DatetimeIndex
   on the trade time (ns, UTC), columns ``trade_id`` (int64), ``price``, ``quantity``,
   ``quote_quantity`` (float64: ArcticDB has no decimal type), ``is_buyer_maker`` (bool),
@@ -78,14 +79,16 @@ import pyarrow.parquet as pq
 from k2.config import LakeSettings
 from k2.lake.catalog import catalog_from
 from k2.lake.tables import TABLE_DEFS, TRADES, ensure_tables, sort_for
+from k2.lake.writer import SMALL_ZSTD_LEVEL, write_partitioned
 from k2.records import TRADE
 
 if TYPE_CHECKING:
     from arcticdb.version_store.library import Library  # type: ignore[import-untyped]
     from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
 
 #: Bump when generation or layout changes: older caches are then rebuilt.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DEFAULT_TRADES = 100_000_000
 DEFAULT_SEED = 20240301
 DAYS = 30
@@ -389,6 +392,14 @@ def _day_counts(
         yield day, rng.multinomial(total, weights)
 
 
+def _commit_day(table: Table, day: pa.Table) -> None:
+    """One day's sorted trades as compaction would leave them, in one fast append."""
+    files = write_partitioned(table, day, prefix="bench", zstd_level=SMALL_ZSTD_LEVEL, threads=2)
+    with table.transaction() as tx, tx.update_snapshot().fast_append() as append:
+        for f in files:
+            append.append_data_file(f)
+
+
 def _build(
     root: Path, trades: int, seed: int, symbols: tuple[str, ...] = SYMBOLS, *, arctic: bool = True
 ) -> dict[str, Any]:
@@ -411,7 +422,7 @@ def _build(
         t0 = START_US + day * DAY_US
         data, parts = generate(states, counts, t0, t0 + DAY_US, rng)
         tick = time.perf_counter()
-        table.append(sort_for(TABLE_DEFS["trades"], data))
+        _commit_day(table, sort_for(TABLE_DEFS["trades"], data))
         lake_s += time.perf_counter() - tick
         if library is None:
             continue
