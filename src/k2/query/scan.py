@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -365,7 +366,7 @@ def _read_top_groups(
         part = footers.read_group(f, i, read)
         if part is None:
             return None
-        part = _filtered(part, flt)
+        part = _edge(_filtered(part, flt, g), n, desc)
         if part.num_rows == 0:
             continue
         part = conform(part, flt.data_type, read)
@@ -376,29 +377,53 @@ def _read_top_groups(
     return got.select(list(columns))
 
 
-def _filtered(rows: pa.Table, flt: RowFilter) -> pa.Table:
-    """The rows of ``rows`` that ``flt`` (without a cursor) keeps: compute kernels on
-    the columns, not an expression (whose plan costs more than the kernels here)."""
+def _filtered(rows: pa.Table, flt: RowFilter, group: RowGroup) -> pa.Table:
+    """The rows of ``rows`` (row group ``group``) that ``flt`` (without a cursor) keeps:
+    compute kernels on the columns, not an expression (whose plan costs more than the
+    kernels here); no kernel for a condition the group's statistics already prove."""
     masks: list[pa.ChunkedArray] = []
-    if flt.symbols is not None:
+    one_symbol = group.symbol_lo is not None and group.symbol_lo == group.symbol_hi
+    if flt.symbols is not None and not (one_symbol and group.symbol_lo in flt.symbols):
         symbol = rows.column("symbol")
         if len(flt.symbols) == 1:
             masks.append(pc.equal(symbol, flt.symbols[0]))
         else:
             masks.append(pc.is_in(symbol, value_set=pa.array(flt.symbols, pa.string())))
-    if flt.exchange is not None:
+    one_exchange = group.exchange_lo is not None and group.exchange_lo == group.exchange_hi
+    if flt.exchange is not None and not (one_exchange and group.exchange_lo == flt.exchange):
         masks.append(pc.equal(rows.column("exchange"), flt.exchange))
     ts = rows.column("timestamp")
-    if flt.lo_us is not None:
-        masks.append(pc.greater_equal(ts, pa.scalar(flt.lo_us, ts.type)))
-    if flt.hi_us is not None:
-        masks.append(pc.less(ts, pa.scalar(flt.hi_us, ts.type)))
+    lo, hi = flt.lo_us, flt.hi_us
+    if lo is not None and (group.ts_lo is None or group.ts_lo < lo):
+        masks.append(pc.greater_equal(ts, pa.scalar(lo, ts.type)))
+    if hi is not None and (group.ts_hi is None or group.ts_hi >= hi):
+        masks.append(pc.less(ts, pa.scalar(hi, ts.type)))
     if not masks:
         return rows
     keep = masks[0]
     for m in masks[1:]:
         keep = pc.and_(keep, m)
     return rows.filter(keep)
+
+
+def _edge(rows: pa.Table, n: int, desc: bool) -> pa.Table:
+    """Only the rows of ``rows`` that can be among the first ``n`` in key order, when
+    its timestamps ascend (one symbol of a K2 file, which is sorted by symbol and time):
+    the ``n`` at the wanted end and any others sharing the n-th one's timestamp.
+    Otherwise ``rows`` as they are (the caller sorts)."""
+    if rows.num_rows <= n:
+        return rows
+    column = rows.column("timestamp")
+    if column.null_count:
+        return rows
+    ts = column.combine_chunks().view(pa.int64()).to_numpy(zero_copy_only=False)
+    if not bool(np.all(ts[1:] >= ts[:-1])):
+        return rows
+    if desc:
+        start = int(np.searchsorted(ts, ts[len(ts) - n], side="left"))
+        return rows.slice(start)
+    stop = int(np.searchsorted(ts, ts[n - 1], side="right"))
+    return rows.slice(0, stop)
 
 
 def _nth_timestamp(
