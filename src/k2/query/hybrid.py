@@ -26,6 +26,7 @@ from k2.query.scan import (
     RowFilter,
     conform,
     empty,
+    filtered,
     order_by,
     parquet_source,
     select_list,
@@ -63,9 +64,22 @@ def tail_top(
     order: Order,
     n: int,
 ) -> pa.Table:
-    """The first ``n`` tail rows matching ``flt`` in key ``order``, each message once."""
+    """The first ``n`` tail rows matching ``flt`` in key ``order``, each message once.
+
+    Without a cursor and with no message twice among the matching rows (the usual
+    case) this is Arrow kernels on the tail's rows; otherwise one DuckDB query
+    (``QUALIFY`` keeps each message's first copy in key order).
+    """
     if rows.num_rows == 0:
         return empty(flt.data_type, columns)
+    if flt.after is None:
+        picked = filtered(rows, flt)
+        if picked.num_rows == 0:
+            return empty(flt.data_type, columns)
+        ids = picked.column("message_id")
+        if pc.count_distinct(ids).as_py() == picked.num_rows:
+            top = sort_rows(picked, flt.data_type, order).slice(0, n)
+            return conform(top, flt.data_type, columns)
     first = order_by(flt.data_type, "asc")
     with registered(conn, rows) as name:
         text = (

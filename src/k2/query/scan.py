@@ -62,8 +62,8 @@ TOP_AGGREGATE_MAX = 10_000
 MAX_BATCH_FILES = 64
 
 #: The row-group path (:func:`_read_top_groups`) answers up to this many rows ...
-DIRECT_MAX_N = 10_000
-#: ... reading at most this many rows; beyond either, DuckDB reads.
+DIRECT_MAX_N = 1_000_000
+#: ... reading at most this many rows (what bounds its work); beyond, DuckDB reads.
 DIRECT_MAX_ROWS = 262_144
 
 
@@ -318,7 +318,7 @@ def _read_top_groups(
     small row groups, so "the last 100 of a symbol" reads one or two groups, and this
     saves DuckDB's fixed cost per query (two queries, ~2-3 ms each, against ~1 ms).
 
-    ``None`` where this does not apply (a cursor, a large ``n``, missing statistics,
+    ``None`` where this does not apply (a cursor, missing statistics,
     a file without one of the columns, more than :data:`DIRECT_MAX_ROWS` rows to
     visit): then DuckDB reads.
     """
@@ -366,7 +366,7 @@ def _read_top_groups(
         part = footers.read_group(f, i, read)
         if part is None:
             return None
-        part = _edge(_filtered(part, flt, g), n, desc)
+        part = _edge(filtered(part, flt, g), n, desc)
         if part.num_rows == 0:
             continue
         part = conform(part, flt.data_type, read)
@@ -377,10 +377,16 @@ def _read_top_groups(
     return got.select(list(columns))
 
 
-def _filtered(rows: pa.Table, flt: RowFilter, group: RowGroup) -> pa.Table:
-    """The rows of ``rows`` (row group ``group``) that ``flt`` (without a cursor) keeps:
-    compute kernels on the columns, not an expression (whose plan costs more than the
-    kernels here); no kernel for a condition the group's statistics already prove."""
+_NO_STATS = RowGroup(0, None, None, None, None, None, None)
+
+
+def filtered(rows: pa.Table, flt: RowFilter, group: RowGroup = _NO_STATS) -> pa.Table:
+    """The rows of ``rows`` that ``flt`` (without a cursor) keeps: compute kernels on
+    the columns, not an expression (whose plan costs more than the kernels here); no
+    kernel for a condition ``group`` 's statistics (of the row group ``rows`` is)
+    already prove."""
+    if flt.after is not None:
+        raise ValueError("filtered() does not apply cursors")
     masks: list[pa.ChunkedArray] = []
     one_symbol = group.symbol_lo is not None and group.symbol_lo == group.symbol_hi
     if flt.symbols is not None and not (one_symbol and group.symbol_lo in flt.symbols):
