@@ -15,7 +15,9 @@ Set-up (continuing :mod:`benchmarks.bench_query`'s run, on its lake overlay and 
   them to the lake with its default cadence (every 5 s), so a one-minute window is
   mostly lake plus a few seconds of tail, as in production.
 - The load generator is ``CONNECTIONS`` (16) aiohttp clients in this process, each
-  sending its next request as soon as the previous answer is read (closed loop):
+  sending its next request as soon as the previous answer is read (closed loop) on
+  its own keep-alive connection, opened again every ``RECONNECT_EVERY`` (200)
+  requests so the load spreads over the workers:
   ``GET /v1/trades/recent?symbol=S&window_minutes=1&limit=100`` with ``S`` uniform over
   the 100 symbols, JSON responses. 2 s of warm-up, then ``SECONDS`` (20) measured.
   It shares the 2 cores with the server (and the feed and sink threads), so the rate
@@ -62,6 +64,8 @@ WORKERS: tuple[int, ...] = tuple(
 )
 GOAL_WORKERS = os.cpu_count() or 1
 WARMUP_S = 2.0
+#: Requests per connection before a client reconnects (see ``_load``).
+RECONNECT_EVERY = 200
 GOAL = 1_000.0
 PATH = "/v1/trades/recent?symbol={}&window_minutes=1&limit=100"
 _SERVE = (
@@ -191,26 +195,36 @@ async def _load(base: str, key: str, seed: int, seconds: float) -> dict[str, Any
     began = time.perf_counter()
     measure_from, stop_at = began + WARMUP_S, began + WARMUP_S + seconds
     headers = {"X-API-Key": key, "Accept": "application/json"}
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client() -> None:
+        # One connection per client, opened again every RECONNECT_EVERY requests: with
+        # several workers sharing the listening socket, whichever worker accepts keeps
+        # a keep-alive connection for good, so 16 connections opened at once can all
+        # land on one worker; reconnecting lets the less busy worker take its share.
         nonlocal counter
-        while (tick := time.perf_counter()) < stop_at:
-            counter += 1
-            sample = counter % 50 == 0
-            async with session.get(base + PATH.format(picks[counter & 0xFFFF])) as response:
-                body = await (
-                    response.json() if sample and response.status == 200 else response.read()
-                )
-            done = time.perf_counter()
-            if tick >= measure_from and done <= stop_at:
-                latencies.append((done - tick) * 1e3)
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                if sample and isinstance(body, dict):
-                    rows.append(int(body["meta"]["rows"]))
+        while time.perf_counter() < stop_at:
+            connector = aiohttp.TCPConnector(limit=1)
+            async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+                for _ in range(RECONNECT_EVERY):
+                    if (tick := time.perf_counter()) >= stop_at:
+                        break
+                    counter += 1
+                    sample = counter % 50 == 0
+                    url = base + PATH.format(picks[counter & 0xFFFF])
+                    async with session.get(url) as response:
+                        body = await (
+                            response.json()
+                            if sample and response.status == 200
+                            else response.read()
+                        )
+                    done = time.perf_counter()
+                    if tick >= measure_from and done <= stop_at:
+                        latencies.append((done - tick) * 1e3)
+                        statuses[response.status] = statuses.get(response.status, 0) + 1
+                        if sample and isinstance(body, dict):
+                            rows.append(int(body["meta"]["rows"]))
 
-    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
-        await asyncio.gather(*(client(session) for _ in range(CONNECTIONS)))
+    await asyncio.gather(*(client() for _ in range(CONNECTIONS)))
     return {"latencies": latencies, "statuses": statuses, "rows": rows}
 
 
