@@ -341,7 +341,9 @@ def test_recent_trades_from_memory_equal_the_lake_path(
     engines = {
         memory: QueryEngine(
             catalog_from(settings.lake, settings.data_dir),
-            settings=QuerySettings(),
+            # Refreshing inline is never due during the test: memory answers only from
+            # a loaded state, and a slow machine must not turn that into a lake read.
+            settings=QuerySettings(refresh_ms=3_600_000),
             tail=StaticTail(
                 {
                     "trades": TailView(snapshot, {}, empty, recent=store.cut() if memory else None),

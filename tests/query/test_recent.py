@@ -184,7 +184,10 @@ def test_recent_trades_now_answers_from_memory_or_declines(
     # A 60 s recent window starts after the lake's trades: nothing seeded from the lake.
     tail = LiveTail(log, LAYOUT, tables, data_types=("trades",), wall_clock_us=lambda: now_us,
                     settings=QuerySettings(recent_window_s=60))  # fmt: skip
+    # No inline refresh falls due during the test (memory answers only from a loaded
+    # state; a slow machine must not turn that into a decline).
     engine = QueryEngine(catalog_from(LakeSettings(), tmp_path / "data"), tail=tail,
+                         settings=QuerySettings(refresh_ms=3_600_000),
                          clock=lambda: _dt(now_us), background_refresh=False)  # fmt: skip
     # No cut published yet: declines without waiting for one.
     assert engine.recent_trades_now("BTCUSDT", window_minutes=1) is None
