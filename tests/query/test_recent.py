@@ -249,6 +249,18 @@ def test_a_starting_tail_loads_the_window_from_the_lake(
         assert got.table.equals(want.table)
     engine.close()
     lake_only.close()
+    # Inline (recent_trades_now) only the cheap way: one symbol read off the window's
+    # end. Two symbols take the general way, whose cost grows with the window.
+    inline = QueryEngine(catalog_from(LakeSettings(), tmp_path / "data"), tail=tail,
+                         settings=QuerySettings(refresh_ms=3_600_000),
+                         clock=lambda: _dt(NOW_US), background_refresh=False)  # fmt: skip
+    inline.recent_trades("BTCUSDT", window_minutes=15, limit=1)  # loads the file index
+    one = inline.recent_trades_now("BTCUSDT", window_minutes=15, limit=5)
+    assert one is not None and one.table.num_rows == 5
+    assert inline.recent_trades_now(["BTCUSDT", "ETHUSDT"], window_minutes=15) is None
+    both = inline.recent_trades(["BTCUSDT", "ETHUSDT"], window_minutes=15, limit=5)
+    assert both.meta.extra.get("recent_window") is True  # still from memory, in the pool
+    inline.close()
 
     small = LiveTail(log, LAYOUT, tables, data_types=("trades",), wall_clock_us=lambda: NOW_US,
                      settings=QuerySettings(recent_window_s=900, recent_max_rows=1000))  # fmt: skip

@@ -255,8 +255,9 @@ class QueryEngine:
         ``None`` (then call :meth:`recent_trades`).
 
         Memory means the live tail's recent window (see :mod:`k2.query.recent`): the
-        tail has published a cut, the cut covers the window, every symbol asked for has
-        rows in it, and the file index of the cut's snapshot is already loaded. This
+        tail has published a cut, the cut covers the window, the one symbol asked for
+        has rows in it in key order (read off the window's end: binary searches and the
+        rows returned), and the file index of the cut's snapshot is already loaded. This
         never reads a file, the catalog or the log and never waits on a lock held across
         I/O, so an event loop may call it (the API does, for the hot path). Same
         answer, same errors (bad window, limit, order, symbol) as :meth:`recent_trades`.
@@ -380,7 +381,9 @@ class QueryEngine:
     ) -> QueryResult | None:
         """The answer from the tail's recent window alone, when it holds the whole
         window (see :mod:`k2.query.recent`); ``None`` to take the lake + tail path.
-        ``blocking`` false: ``None`` too where checking a quiet symbol would read."""
+        ``blocking`` false: only the cheap way (one symbol in key order, read off the
+        window's end); ``None`` where that does not apply or a quiet symbol would need
+        a lake read."""
         cut = view.recent
         if cut is None or flt.start_us is None:
             return None
@@ -394,6 +397,8 @@ class QueryEngine:
                 cut, syms[0], flt.start_us, flt.end_us, n + 1, direction == "desc"
             )
         if rows is None:
+            if not blocking:  # the general way costs with the window's rows: not inline
+                return None
             found = recent_mod.answer(
                 cut, syms, flt.start_us, flt.end_us, flt.exchange, SCHEMAS[flt.data_type],
                 check_unique=False,
