@@ -79,13 +79,12 @@ import pyarrow.parquet as pq
 from k2.config import LakeSettings
 from k2.lake.catalog import catalog_from
 from k2.lake.tables import TABLE_DEFS, TRADES, ensure_tables, sort_for
-from k2.lake.writer import SMALL_ZSTD_LEVEL, write_partitioned
+from k2.lake.writer import SMALL_ZSTD_LEVEL, append_partitioned
 from k2.records import TRADE
 
 if TYPE_CHECKING:
     from arcticdb.version_store.library import Library  # type: ignore[import-untyped]
     from pyiceberg.catalog import Catalog
-    from pyiceberg.table import Table
 
 #: Bump when generation or layout changes: older caches are then rebuilt.
 FORMAT_VERSION = 3
@@ -392,14 +391,6 @@ def _day_counts(
         yield day, rng.multinomial(total, weights)
 
 
-def _commit_day(table: Table, day: pa.Table) -> None:
-    """One day's sorted trades as compaction would leave them, in one fast append."""
-    files = write_partitioned(table, day, prefix="bench", zstd_level=SMALL_ZSTD_LEVEL, threads=2)
-    with table.transaction() as tx, tx.update_snapshot().fast_append() as append:
-        for f in files:
-            append.append_data_file(f)
-
-
 def _build(
     root: Path, trades: int, seed: int, symbols: tuple[str, ...] = SYMBOLS, *, arctic: bool = True
 ) -> dict[str, Any]:
@@ -422,7 +413,9 @@ def _build(
         t0 = START_US + day * DAY_US
         data, parts = generate(states, counts, t0, t0 + DAY_US, rng)
         tick = time.perf_counter()
-        _commit_day(table, sort_for(TABLE_DEFS["trades"], data))
+        # One day's sorted trades as compaction would leave them, in one fast append.
+        day_rows = sort_for(TABLE_DEFS["trades"], data)
+        append_partitioned(table, day_rows, prefix="bench", zstd_level=SMALL_ZSTD_LEVEL, threads=2)
         lake_s += time.perf_counter() - tick
         if library is None:
             continue

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from k2.lake.archives import Archive, ArchiveError, read_archive
 from k2.lake.sink_offsets import offsets_properties
-from k2.lake.writer import write_partitioned
+from k2.lake.writer import append_partitioned
 from k2.ops.clock import utc_now_us
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def load_archive(table: Table, archive: Archive, *, writers: int = 2) -> Archive
             PROP_KIND: archive.name.kind.value,
             PROP_SKIPPED: str(read - trades.num_rows),
         }
-        _append(table, trades, props, writers)
+        append_partitioned(table, trades, prefix="backfill", properties=props, threads=writers)
         snap = table.current_snapshot()
         snapshot_id = snap.snapshot_id if snap is not None else None
     return ArchiveResult(
@@ -190,16 +190,6 @@ def load_archive(table: Table, archive: Archive, *, writers: int = 2) -> Archive
         checksum_verified=archive.checksum_verified,
         snapshot_id=snapshot_id,
     )
-
-
-def _append(table: Table, trades: pa.Table, props: dict[str, str], writers: int) -> None:
-    files = write_partitioned(table, trades, prefix="backfill", threads=writers)
-    with (
-        table.transaction() as tx,
-        tx.update_snapshot(snapshot_properties=props).fast_append() as append,
-    ):
-        for f in files:
-            append.append_data_file(f)
 
 
 def existing_message_ids(table: Table, archive: Archive) -> pa.Array:

@@ -135,6 +135,26 @@ def write_partitioned(
     return out
 
 
+def append_partitioned(
+    table: Table,
+    data: pa.Table,
+    *,
+    prefix: str,
+    properties: dict[str, str] | None = None,
+    zstd_level: int = FAST_ZSTD_LEVEL,
+    threads: int = 1,
+) -> None:
+    """Write ``data`` (sorted) with :func:`write_partitioned` and commit the files in one
+    fast append carrying ``properties`` in its snapshot summary."""
+    files = write_partitioned(table, data, prefix=prefix, zstd_level=zstd_level, threads=threads)
+    with (
+        table.transaction() as tx,
+        tx.update_snapshot(snapshot_properties=properties or {}).fast_append() as append,
+    ):
+        for f in files:
+            append.append_data_file(f)
+
+
 def partitions(
     spec: PartitionSpec, schema: Schema, data: pa.Table
 ) -> Iterator[tuple[PartitionKey, pa.Table]]:
