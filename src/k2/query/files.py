@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -389,19 +390,23 @@ class FooterCache:
             meta = self._read_footer(f)[1]
         if not set(columns) <= set(meta.schema.names):
             return None
-        if self._opener is None:
-            parquet = pq.ParquetFile(f.read_path, metadata=meta)
-            return parquet.read_row_group(group, columns=list(columns))
-        with self._opener(f.read_path) as source:
+        with self._source(f) as source:
             parquet = pq.ParquetFile(source, metadata=meta)
             return parquet.read_row_group(group, columns=list(columns))
 
-    def _read_footer(self, f: DataFile) -> tuple[tuple[RowGroup, ...], Any]:
+    @contextmanager
+    def _source(self, f: DataFile) -> Iterator[Any]:
+        """What pyarrow reads ``f`` from: its path, or a file the opener opens (closed
+        after)."""
         if self._opener is None:
-            groups, meta = _row_groups(f.read_path)
-        else:
-            with self._opener(f.read_path) as source:
-                groups, meta = _row_groups(source)
+            yield f.read_path
+            return
+        with self._opener(f.read_path) as source:
+            yield source
+
+    def _read_footer(self, f: DataFile) -> tuple[tuple[RowGroup, ...], Any]:
+        with self._source(f) as source:
+            groups, meta = _row_groups(source)
         with self._lock:
             self._meta[f.read_path] = meta
             while len(self._meta) > _FOOTERS_KEPT:
