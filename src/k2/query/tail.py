@@ -415,10 +415,11 @@ class LiveTail:
                 if seed is not None:
                     floor = since
         stream.apply_lake(snapshot_id, lake, partitions, begins)
-        if recent is not None and seed is not None and floor is not None:
-            recent.seed(seed, floor)
-        elif recent is not None and floor is not None:
-            recent.set_floor(floor)
+        if recent is not None and floor is not None:
+            if seed is not None:
+                recent.seed(seed, floor)
+            else:
+                recent.set_floor(floor)
 
     def _partitions(self, topic: str) -> int | None:
         """The topic's partition count; ``None`` while it does not exist yet (the API
