@@ -326,39 +326,31 @@ def _read_top_groups(
         return None
     desc = order == "desc"
     lo, hi = flt.lo_us, flt.hi_us
-    wanted = None if flt.symbols is None else sorted(flt.symbols)
-    candidates: list[tuple[DataFile, int, RowGroup]] = []
+    symbols = None if flt.symbols is None else set(flt.symbols)
+    ex = flt.exchange
+    candidates: list[tuple[int, DataFile, int, RowGroup]] = []
     for f in files:
         for i, g in enumerate(footers.get(f)):
             if g.ts_lo is None or g.ts_hi is None:
                 return None
-            if (lo is not None and g.ts_hi < lo) or (hi is not None and g.ts_lo >= hi):
+            if not _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols):
                 continue
-            if wanted is not None:
-                if g.symbol_lo is None or g.symbol_hi is None:
-                    return None
-                low, high = g.symbol_lo, g.symbol_hi
-                if not any(low <= s <= high for s in wanted):
-                    continue
-            ex_lo, ex_hi, ex = g.exchange_lo, g.exchange_hi, flt.exchange
-            if (
-                ex is not None
-                and ex_lo is not None
-                and ex_hi is not None
-                and not ex_lo <= ex <= ex_hi
+            ex_lo, ex_hi = g.exchange_lo, g.exchange_hi
+            if ex is not None and not (
+                (ex_lo is None or ex_lo <= ex) and (ex_hi is None or ex <= ex_hi)
             ):
                 continue
-            candidates.append((f, i, g))
-    candidates.sort(key=lambda c: c[2].ts_hi if desc else c[2].ts_lo, reverse=desc)  # type: ignore[arg-type, return-value]
+            candidates.append((g.ts_hi if desc else g.ts_lo, f, i, g))
+    candidates.sort(key=lambda c: c[0], reverse=desc)
     read = tuple(dict.fromkeys([*columns, *KEYS[flt.data_type]]))
     got: pa.Table | None = None
     visited = 0
-    for f, i, g in candidates:
+    for bound, f, i, g in candidates:
         if got is not None and got.num_rows >= n:
             edge = int(got.column("timestamp")[n - 1].value)
             # Groups are sorted by the bound tested: none further can hold a row
             # that sorts before the n-th (an equal time can: keep reading those).
-            if (desc and g.ts_hi < edge) or (not desc and g.ts_lo > edge):  # type: ignore[operator]
+            if (desc and bound < edge) or (not desc and bound > edge):
                 break
         visited += g.rows
         if visited > DIRECT_MAX_ROWS:
@@ -375,6 +367,24 @@ def _read_top_groups(
     if got is None:
         return empty(flt.data_type, columns)
     return got.select(list(columns))
+
+
+def _may_hold(
+    g: RowGroup,
+    ts_lo: int,
+    ts_hi: int,
+    lo: int | None,
+    hi: int | None,
+    symbols: set[str] | None,
+) -> bool:
+    """Whether row group ``g`` (times ``ts_lo``..``ts_hi``) may hold rows in ``[lo, hi)``
+    of ``symbols`` (None: any); a symbol bound it lacks proves nothing."""
+    if (lo is not None and ts_hi < lo) or (hi is not None and ts_lo >= hi):
+        return False
+    return symbols is None or any(
+        (g.symbol_lo is None or g.symbol_lo <= s) and (g.symbol_hi is None or s <= g.symbol_hi)
+        for s in symbols
+    )
 
 
 _NO_STATS = RowGroup(0, None, None, None, None, None, None)
@@ -477,14 +487,8 @@ def stats_bound(groups: Sequence[RowGroup], flt: RowFilter, order: Order, n: int
     for g in groups:
         if g.ts_lo is None or g.ts_hi is None:
             return None  # a group that could hold anything: no safe bound
-        if (lo is not None and g.ts_hi < lo) or (hi is not None and g.ts_lo >= hi):
-            continue
-        if symbols is not None and not any(
-            (g.symbol_lo is None or g.symbol_lo <= s) and (g.symbol_hi is None or s <= g.symbol_hi)
-            for s in symbols
-        ):
-            continue
-        candidates.append((g.ts_lo, g.ts_hi, g))
+        if _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols):
+            candidates.append((g.ts_lo, g.ts_hi, g))
     desc = order == "desc"
     candidates.sort(key=lambda c: -c[1] if desc else c[0])
     count = 0
