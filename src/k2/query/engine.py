@@ -264,10 +264,10 @@ class QueryEngine:
         """
         t0 = time.perf_counter()
         start, end = self._recent_window(window_minutes)
-        syms = params.symbols(symbols)
-        start_us, end_us = params.window(self._settings, start, end)
-        n = params.limit(self._settings, limit)
-        direction = params.order(order)
+        flt, n, direction, out_cols = self._question(
+            "trades", symbols, start, end, None, limit, order, None, None
+        )
+        syms = flt.symbols
         if self._tail is None or not syms:
             return None
         view = self._tail.peek("trades")
@@ -277,11 +277,33 @@ class QueryEngine:
         if loaded is None:
             return None
         state, index = loaded
-        flt = RowFilter("trades", syms, None, start_us, end_us, None, direction)
-        out_cols = params.columns("trades", None)
         return self._recent_rows(
             state, view, flt, syms, n, direction, out_cols, index, t0, blocking=False
         )
+
+    def _question(
+        self,
+        data_type: DataType,
+        symbols: str | Sequence[str] | None,
+        start: datetime | None,
+        end: datetime | None,
+        exchange: str | None,
+        limit: int | None,
+        order: str,
+        cursor: str | None,
+        columns: Sequence[str] | None,
+    ) -> tuple[RowFilter, int, Order, Sequence[str]]:
+        """The parameters of a rows question checked (QueryError when one is wrong): the
+        filter, the page size, the order and the output columns."""
+        syms = params.symbols(symbols)
+        exch = params.exchange(exchange)
+        start_us, end_us = params.window(self._settings, start, end)
+        n = params.limit(self._settings, limit)
+        direction = params.order(order)
+        out_cols = params.columns(data_type, columns)
+        after = decode_cursor(cursor, data_type, direction) if cursor else None
+        flt = RowFilter(data_type, syms, exch, start_us, end_us, after, direction)
+        return flt, n, direction, out_cols
 
     def _recent_window(self, window_minutes: float) -> tuple[datetime, datetime]:
         """``[now - window_minutes, now]`` (now inclusive: the end is one µs later)."""
@@ -308,14 +330,10 @@ class QueryEngine:
         columns: Sequence[str] | None,
     ) -> QueryResult:
         t0 = time.perf_counter()
-        syms = params.symbols(symbols)
-        exch = params.exchange(exchange)
-        start_us, end_us = params.window(self._settings, start, end)
-        n = params.limit(self._settings, limit)
-        direction = params.order(order)
-        out_cols = params.columns(data_type, columns)
-        after = decode_cursor(cursor, data_type, direction) if cursor else None
-        flt = RowFilter(data_type, syms, exch, start_us, end_us, after, direction)
+        flt, n, direction, out_cols = self._question(
+            data_type, symbols, start, end, exchange, limit, order, cursor, columns
+        )
+        syms, exch, after = flt.symbols, flt.exchange, flt.after
         state, index, view = self._resolve(data_type, as_of)
         if view is not None and view.recent is not None and syms and after is None:
             fast = self._recent_rows(state, view, flt, syms, n, direction, out_cols, index, t0)
