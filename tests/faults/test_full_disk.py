@@ -116,7 +116,14 @@ def test_a_full_log_disk_stops_the_ingest_clearly_and_loses_nothing(
         filler.unlink()  # the operator frees space
         before = _log_ids(settings)
         assert sum(len(v) for v in before.values()) >= acknowledged > 500
-        assert_exactly_once(before, "log before the restart", at_least=acknowledged)
+        # Nothing twice. A trade may be missing before the restart: the simulator drops
+        # 0.2% of the live feed and a repair in flight when the disk filled cannot be
+        # written; the restarted capture repairs those holes (checked below: the whole
+        # log is then contiguous, and every gap is repaired).
+        for symbol, ids in before.items():
+            assert len(ids) == len(set(ids)), f"{symbol}: trades twice before the restart"
+        holes = {s: set(range(min(ids), max(ids) + 1)) - set(ids) for s, ids in before.items()}
+        assert sum(map(len, holes.values())) <= 0.01 * acknowledged, holes
 
         again = k2(["ingest", "--max-seconds", "8"], env, second)
         try:
@@ -131,6 +138,8 @@ def test_a_full_log_disk_stops_the_ingest_clearly_and_loses_nothing(
         assert set(ids) <= set(after.get(symbol, ())), f"{symbol}: trades lost from the log"
         assert max(after[symbol]) > max(ids), f"{symbol}: the capture did not resume"
     assert_exactly_once(after, "log", at_least=acknowledged + 1000)
+    for symbol, missing in holes.items():
+        assert missing <= set(after[symbol]), f"{symbol}: holes not repaired: {missing}"
     log_ = open_log(settings)
     try:
         gaps = log_gap_statuses(log_, settings)
