@@ -197,3 +197,50 @@ def test_stats_bound() -> None:
     assert stats_bound(groups, paged, "desc", 10) == 0
     other_exchange = RowFilter("trades", ("BTCUSDT",), exchange="kraken")
     assert stats_bound(groups, other_exchange, "desc", 1) is None
+
+
+def test_row_group_reads_skip_constant_columns_and_keep_values(tmp_path: Any) -> None:
+    """A row group read without decoding its constant string columns (made from the
+    statistics) and with dictionary columns as dictionaries holds, once cast, exactly
+    what a plain pyarrow read of the group holds; a column with nulls or two values is
+    never taken for a constant."""
+    import pyarrow.parquet as pq
+
+    from k2.query.files import DataFile, FooterCache
+
+    n = 3_000
+    table = pa.table(
+        {
+            "exchange": pa.array(["binance"] * n),
+            "symbol": pa.array(["BTCUSDT"] * 1_000 + ["ETHUSDT"] * 2_000),
+            "side": pa.array(["BUY", "SELL", "BUY"] * 1_000),
+            "vendor_data": pa.array([None] + ['{"x":1}'] * (n - 1)),
+            "message_id": pa.array([f"binance:{i}" for i in range(n)]),
+            "trade_id": pa.array(range(n), pa.int64()),
+        }
+    )
+    path = tmp_path / "f.parquet"
+    pq.write_table(
+        table,
+        path,
+        row_group_size=1_000,
+        use_dictionary=["exchange", "symbol", "side", "vendor_data"],
+    )
+    f = DataFile(str(path), str(path), n, path.stat().st_size, None, None,
+                 None, None, None, None, None, None)  # fmt: skip
+    footers = FooterCache()
+    groups = footers.get(f)
+    assert [dict(g.constants) for g in groups] == [
+        {"exchange": "binance", "symbol": "BTCUSDT"},
+        {"exchange": "binance", "symbol": "ETHUSDT", "vendor_data": '{"x":1}'},
+        {"exchange": "binance", "symbol": "ETHUSDT", "vendor_data": '{"x":1}'},
+    ]  # the first group's vendor_data has a null: not constant
+    assert set(groups[0].dictionaries) == {"side", "vendor_data"}  # not message_id: plain
+    plain = pq.ParquetFile(path)
+    columns = ["trade_id", "symbol", "side", "vendor_data", "exchange", "message_id"]
+    for i in range(3):
+        got = footers.read_group(f, i, columns)
+        assert got is not None and got.column_names == columns
+        assert pa.types.is_dictionary(got.schema.field("exchange").type)
+        want = plain.read_row_group(i, columns=columns)
+        assert scan.conform(got, "trades", columns).equals(scan.conform(want, "trades", columns))

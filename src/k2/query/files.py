@@ -346,6 +346,12 @@ class RowGroup:
     exchange_hi: str | None
     ts_lo: int | None
     ts_hi: int | None
+    #: String columns that hold one value in every row, by the statistics (min = max,
+    #: no nulls), with that value: read without decoding (:meth:`FooterCache.read_group`).
+    constants: tuple[tuple[str, str], ...] = ()
+    #: String columns stored dictionary-encoded: read as Arrow dictionaries (cheaper
+    #: than building every string).
+    dictionaries: tuple[str, ...] = ()
 
 
 class FooterCache:
@@ -379,7 +385,17 @@ class FooterCache:
 
     def read_group(self, f: DataFile, group: int, columns: Sequence[str]) -> pa.Table | None:
         """Row group ``group`` of ``f``, ``columns`` only; ``None`` when the file lacks
-        one of them (written before the column was added)."""
+        one of them (written before the column was added).
+
+        Decodes only what varies: a string column the group's statistics prove
+        constant is not read but made as a dictionary of that one value, and a
+        dictionary-encoded string column comes as an Arrow dictionary. Such columns
+        have dictionary types here: cast them (as ``scan.conform`` does) after
+        selecting rows, which is cheaper than casting the group. Most of a small
+        group's read is per-column cost, and K2's trades have four constant string
+        columns per group (exchange, asset class, currency, vendor data).
+        """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         with self._lock:
@@ -390,9 +406,22 @@ class FooterCache:
             meta = self._read_footer(f)[1]
         if not set(columns) <= set(meta.schema.names):
             return None
+        stats = self.get(f)[group]
+        constants = {name: value for name, value in stats.constants if name in columns}
+        wanted = [c for c in columns if c not in constants]
+        dictionaries = [c for c in stats.dictionaries if c in wanted]
         with self._source(f) as source:
-            parquet = pq.ParquetFile(source, metadata=meta)
-            return parquet.read_row_group(group, columns=list(columns))
+            parquet = pq.ParquetFile(source, metadata=meta, read_dictionary=dictionaries)
+            table = parquet.read_row_group(group, columns=wanted)
+        if not constants:
+            return table
+        rows = table.num_rows
+        zeros = pa.array(np.zeros(rows, dtype=np.int32))
+        arrays = {name: table.column(name) for name in wanted}
+        for name, value in constants.items():
+            one = pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string()))
+            arrays[name] = pa.chunked_array([one])
+        return pa.table({name: arrays[name] for name in columns})
 
     @contextmanager
     def _source(self, f: DataFile) -> Iterator[Any]:
@@ -427,6 +456,15 @@ def _row_groups(source: Any) -> tuple[tuple[RowGroup, ...], Any]:
     where = {n: names.index(n) for n in ("symbol", "exchange", "timestamp") if n in names}
     micros = "timeUnit=microseconds" in str(meta.schema.column(where["timestamp"]).logical_type) \
         if "timestamp" in where else False  # fmt: skip
+    # Top-level UTF-8 columns (a nested column's path has a dot; its rows are not the
+    # group's rows).
+    strings = [
+        i
+        for i in range(meta.num_columns)
+        if "." not in names[i]
+        and meta.schema.column(i).physical_type == "BYTE_ARRAY"
+        and str(meta.schema.column(i).logical_type) == "String"
+    ]
     out = []
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
@@ -440,6 +478,21 @@ def _row_groups(source: Any) -> tuple[tuple[RowGroup, ...], Any]:
 
         sym = bounds("symbol")
         exch = bounds("exchange")
+        constants: list[tuple[str, str]] = []
+        dictionaries: list[str] = []
+        for i in strings:
+            chunk = rg.column(i)
+            cs = chunk.statistics
+            if (
+                cs is not None
+                and cs.has_min_max
+                and cs.has_null_count
+                and cs.null_count == 0
+                and cs.min_raw == cs.max_raw
+            ):
+                constants.append((names[i], _text(cs.min_raw) or ""))
+            elif any("DICTIONARY" in e for e in chunk.encodings):
+                dictionaries.append(names[i])
         ts = bounds("timestamp") if micros else (None, None)
         out.append(
             RowGroup(
@@ -450,6 +503,8 @@ def _row_groups(source: Any) -> tuple[tuple[RowGroup, ...], Any]:
                 exchange_hi=_text(exch[1]),
                 ts_lo=None if ts[0] is None else int(ts[0]),
                 ts_hi=None if ts[1] is None else int(ts[1]),
+                constants=tuple(constants),
+                dictionaries=tuple(dictionaries),
             )
         )
     return tuple(out), meta

@@ -400,14 +400,10 @@ def filtered(rows: pa.Table, flt: RowFilter, group: RowGroup = _NO_STATS) -> pa.
     masks: list[pa.ChunkedArray] = []
     one_symbol = group.symbol_lo is not None and group.symbol_lo == group.symbol_hi
     if flt.symbols is not None and not (one_symbol and group.symbol_lo in flt.symbols):
-        symbol = rows.column("symbol")
-        if len(flt.symbols) == 1:
-            masks.append(pc.equal(symbol, flt.symbols[0]))
-        else:
-            masks.append(pc.is_in(symbol, value_set=pa.array(flt.symbols, pa.string())))
+        masks.append(_is_in(rows.column("symbol"), flt.symbols))
     one_exchange = group.exchange_lo is not None and group.exchange_lo == group.exchange_hi
     if flt.exchange is not None and not (one_exchange and group.exchange_lo == flt.exchange):
-        masks.append(pc.equal(rows.column("exchange"), flt.exchange))
+        masks.append(_is_in(rows.column("exchange"), (flt.exchange,)))
     ts = rows.column("timestamp")
     lo, hi = flt.lo_us, flt.hi_us
     if lo is not None and (group.ts_lo is None or group.ts_lo < lo):
@@ -419,7 +415,39 @@ def filtered(rows: pa.Table, flt: RowFilter, group: RowGroup = _NO_STATS) -> pa.
     keep = masks[0]
     for m in masks[1:]:
         keep = pc.and_(keep, m)
-    return rows.filter(keep)
+    if keep.null_count:
+        keep = pc.fill_null(keep, False)
+    at = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    if at.size and int(at[-1]) - int(at[0]) + 1 == at.size:
+        # One run (a symbol of a file sorted by symbol): a slice copies nothing.
+        return rows.slice(int(at[0]), int(at.size))
+    return rows.take(at)
+
+
+def _is_in(column: pa.ChunkedArray, values: Sequence[str]) -> pa.ChunkedArray:
+    """Which rows of string ``column`` hold one of ``values``. A dictionary column is
+    tested on its indices (the dictionary is small), not by decoding each string."""
+    if not pa.types.is_dictionary(column.type):
+        if len(values) == 1:
+            return pc.equal(column, values[0])
+        return pc.is_in(column, value_set=pa.array(values, pa.string()))
+    wanted = pa.array(values, pa.string())
+    chunks = []
+    for chunk in column.chunks:
+        hits = np.flatnonzero(
+            pc.is_in(chunk.dictionary.cast(pa.string()), value_set=wanted).to_numpy(
+                zero_copy_only=False
+            )
+        )
+        indices = chunk.indices
+        if hits.size == 1:
+            mask = pc.equal(indices, pa.scalar(int(hits[0]), indices.type))
+        else:
+            mask = pc.is_in(indices, value_set=pa.array(hits, indices.type))
+        if chunk.null_count:
+            mask = pc.fill_null(mask, False)
+        chunks.append(mask)
+    return pa.chunked_array(chunks, pa.bool_())
 
 
 def _edge(rows: pa.Table, n: int, desc: bool) -> pa.Table:
