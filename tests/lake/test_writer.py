@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -10,9 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyiceberg.io.pyarrow import _determine_partitions
 
-from k2.lake.tables import TABLE_DEFS, partition_spec
-from k2.lake.writer import _contiguous_runs, partitions
+from k2.config import LakeSettings
+from k2.lake.catalog import catalog_from
+from k2.lake.tables import TABLE_DEFS, ensure_tables, partition_spec
+from k2.lake.writer import (
+    _contiguous_runs,
+    _in_order,
+    partitions,
+    sorted_order_id,
+    write_partitioned,
+)
 from k2.records import TRADE
+from tests.lake.conftest import make_trades
 
 TRADES = TABLE_DEFS["trades"]
 SPEC = partition_spec(TRADES)
@@ -78,3 +89,51 @@ def test_contiguous_runs_apply_only_where_they_are_right() -> None:
 def test_tiny_inputs(rows: int) -> None:
     data = trades(["BTCUSDT"] * rows, [0] * rows)
     assert len(list(partitions(SPEC, SCHEMA, data))) == rows
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["A", "B", "BB", "C"]), st.integers(0, 5), st.integers(0, 3)),
+        min_size=0,
+        max_size=30,
+    ),
+    descending=st.booleans(),
+)
+def test_in_order_agrees_with_python(rows: list[tuple[str, int, int]], descending: bool) -> None:
+    """The vectorised order test says what comparing each pair of key tuples says."""
+    if not rows:
+        return
+    symbols, times, ids = (list(c) for c in zip(*rows, strict=True))
+    columns = [
+        (pa.chunked_array([pa.array(symbols, pa.string())]), True),
+        (pa.chunked_array([pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC"))]), True),
+        (pa.chunked_array([pa.array(ids, pa.int64())]), not descending),
+    ]
+    keys = [(s, t, -i if descending else i) for s, t, i in rows]
+    expected = all(a <= b for a, b in itertools.pairwise(keys))
+    assert _in_order(columns) == expected
+
+
+def test_files_claim_the_sort_order_only_when_sorted(tmp_path: Path) -> None:
+    """A data file K2 writes names the table's sort order (symbol, timestamp) only when
+    its rows follow it; the query engine relies on the claim."""
+    catalog = catalog_from(LakeSettings(), tmp_path)
+    table = ensure_tables(catalog)["trades"]
+    order_id = table.metadata.default_sort_order_id
+    assert order_id != 0  # the table is sorted: 0 is Iceberg's "unsorted"
+    ordered = trades(["BTCUSDT", "BTCUSDT", "ETHUSDT"], [5, 9, 1])
+    assert sorted_order_id(table, ordered) == order_id
+    assert sorted_order_id(table, trades(["BTCUSDT", "BTCUSDT"], [9, 5])) is None
+    assert sorted_order_id(table, trades(["ETHUSDT", "BTCUSDT"], [1, 5])) is None
+    assert sorted_order_id(table, trades(["BTCUSDT"], [1])) == order_id
+    rows = pa.Table.from_batches([make_trades("BTCUSDT", 1, 3), make_trades("ETHUSDT", 1, 2)]).cast(
+        TRADE.arrow_schema()
+    )
+    written = write_partitioned(table, rows, prefix="t")
+    assert [f.sort_order_id for f in written] == [order_id, order_id]  # two buckets
+    backwards = rows.take(pa.array([2, 1, 0, 4, 3]))
+    assert [f.sort_order_id for f in write_partitioned(table, backwards, prefix="t")] == [
+        None,
+        None,
+    ]

@@ -64,6 +64,9 @@ class DataFile:
     exchange_hi: str | None
     ts_lo: int | None
     ts_hi: int | None
+    #: The file's rows are ordered by symbol, then timestamp (its Iceberg
+    #: ``sort_order_id`` names such an order; K2's writer sets it only after checking).
+    symbol_sorted: bool = False
 
     @property
     def single_key(self) -> tuple[str, str] | None:
@@ -246,6 +249,7 @@ class FileIndexer:
         schema = schema or metadata.schema()
         decode = _BoundsDecoder(schema)
         specs = metadata.specs()
+        sorted_ids = _symbol_time_orders(metadata)
         files: list[DataFile] = []
         paths: list[str] = []
         for manifest in snapshot.manifests(io):
@@ -259,7 +263,7 @@ class FileIndexer:
                 parsed = self._manifests.get(manifest.manifest_path)
             if parsed is None:
                 parsed = tuple(
-                    _data_file(e.data_file, decode, specs, snapshot_id)
+                    _data_file(e.data_file, decode, specs, snapshot_id, sorted_ids)
                     for e in manifest.fetch_manifest_entry(io, discard_deleted=True)
                 )
                 with self._lock:
@@ -295,8 +299,31 @@ class _BoundsDecoder:
         return from_bytes(spec[1], bounds[spec[0]])
 
 
+def _symbol_time_orders(metadata: TableMetadata) -> frozenset[int]:
+    """Ids of the table's sort orders that begin with symbol, then timestamp, both
+    ascending and untransformed (nulls cannot occur: both columns are required)."""
+    from pyiceberg.table.sorting import SortDirection
+    from pyiceberg.transforms import IdentityTransform
+
+    schema = metadata.schema()
+    out = set()
+    for order in metadata.sort_orders:
+        lead = [
+            schema.find_column_name(f.source_id)
+            for f in order.fields[:2]
+            if isinstance(f.transform, IdentityTransform) and f.direction == SortDirection.ASC
+        ]
+        if lead == ["symbol", "timestamp"]:
+            out.add(order.order_id)
+    return frozenset(out)
+
+
 def _data_file(
-    df: Any, decode: _BoundsDecoder, specs: dict[int, Any], snapshot_id: int
+    df: Any,
+    decode: _BoundsDecoder,
+    specs: dict[int, Any],
+    snapshot_id: int,
+    sorted_ids: frozenset[int] = frozenset(),
 ) -> DataFile:
     if int(df.content) != 0:
         raise UnsupportedSnapshot(
@@ -329,6 +356,7 @@ def _data_file(
         exchange_hi=decode.get(upper, "exchange"),
         ts_lo=decode.get(lower, "timestamp"),
         ts_hi=decode.get(upper, "timestamp"),
+        symbol_sorted=df.sort_order_id is not None and int(df.sort_order_id) in sorted_ids,
     )
 
 

@@ -16,6 +16,8 @@ reaches this module.
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -318,6 +320,14 @@ def _read_top_groups(
     small row groups, so "the last 100 of a symbol" reads one or two groups, and this
     saves DuckDB's fixed cost per query (two queries, ~2-3 ms each, against ~1 ms).
 
+    In a file sorted by symbol then time (:attr:`DataFile.symbol_sorted`) one symbol's
+    rows fill consecutive groups, oldest to newest. For a one-symbol question only the
+    newest (oldest, ``asc``) of them is a candidate at first; once read, its first
+    (last) row of the symbol bounds every row of the symbol in the group before (after)
+    it, which becomes a candidate with that bound. Statistics alone cannot tell this
+    (both groups span other symbols' whole day), and it saves reading a second group in
+    about half of the questions.
+
     ``None`` where this does not apply (a cursor, missing statistics,
     a file without one of the columns, more than :data:`DIRECT_MAX_ROWS` rows to
     visit): then DuckDB reads.
@@ -328,9 +338,14 @@ def _read_top_groups(
     lo, hi = flt.lo_us, flt.hi_us
     symbols = None if flt.symbols is None else set(flt.symbols)
     ex = flt.exchange
-    candidates: list[tuple[int, DataFile, int, RowGroup]] = []
+    one_symbol = symbols is not None and len(symbols) == 1
+    # (key, tie-break, file, its groups, chain of group indices, position in the chain);
+    # the key orders the heap by bound, newest (oldest) first.
+    heap: list[tuple[int, int, DataFile, tuple[RowGroup, ...], list[int], int]] = []
     for f in files:
-        for i, g in enumerate(footers.get(f)):
+        groups = footers.get(f)
+        hits: list[int] = []
+        for i, g in enumerate(groups):
             if g.ts_lo is None or g.ts_hi is None:
                 return None
             if not _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols):
@@ -340,25 +355,41 @@ def _read_top_groups(
                 (ex_lo is None or ex_lo <= ex) and (ex_hi is None or ex <= ex_hi)
             ):
                 continue
-            candidates.append((g.ts_hi if desc else g.ts_lo, f, i, g))
-    candidates.sort(key=lambda c: c[0], reverse=desc)
+            hits.append(i)
+        if desc:
+            hits.reverse()
+        chains = [hits] if one_symbol and f.symbol_sorted else [[i] for i in hits]
+        for chain in chains:
+            if chain:
+                _push(heap, groups[chain[0]], desc, None, f, groups, chain, 0)
     read = tuple(dict.fromkeys([*columns, *KEYS[flt.data_type]]))
     got: pa.Table | None = None
     visited = 0
-    for bound, f, i, g in candidates:
+    while heap:
+        key, _, f, groups, chain, at = heapq.heappop(heap)
+        bound = -key if desc else key
         if got is not None and got.num_rows >= n:
             edge = int(got.column("timestamp")[n - 1].value)
-            # Groups are sorted by the bound tested: none further can hold a row
-            # that sorts before the n-th (an equal time can: keep reading those).
+            # Candidates come in the order of the bound tested: none further can hold
+            # a row that sorts before the n-th (an equal time can: keep reading those).
             if (desc and bound < edge) or (not desc and bound > edge):
                 break
+        g = groups[chain[at]]
         visited += g.rows
         if visited > DIRECT_MAX_ROWS:
             return None
-        part = footers.read_group(f, i, read)
+        part = footers.read_group(f, chain[at], read)
         if part is None:
             return None
-        part = _edge(filtered(part, flt, g), n, desc)
+        part = filtered(part, flt, g)
+        if at + 1 < len(chain):
+            # The symbol's rows in the next group of the chain are no newer (older)
+            # than this group's first (last) one.
+            seen = None
+            if part.num_rows:
+                seen = int(part.column("timestamp")[0 if desc else -1].value)
+            _push(heap, groups[chain[at + 1]], desc, seen, f, groups, chain, at + 1)
+        part = _edge(part, n, desc)
         if part.num_rows == 0:
             continue
         part = conform(part, flt.data_type, read)
@@ -367,6 +398,32 @@ def _read_top_groups(
     if got is None:
         return empty(flt.data_type, columns)
     return got.select(list(columns))
+
+
+def _push(
+    heap: list[tuple[int, int, DataFile, tuple[RowGroup, ...], list[int], int]],
+    g: RowGroup,
+    desc: bool,
+    seen: int | None,
+    f: DataFile,
+    groups: tuple[RowGroup, ...],
+    chain: list[int],
+    at: int,
+) -> None:
+    """Add group ``chain[at]`` of ``f`` (statistics ``g``) as a candidate, its bound
+    narrowed by ``seen`` (a time its rows cannot pass) when given."""
+    assert g.ts_lo is not None and g.ts_hi is not None
+    if desc:
+        bound = g.ts_hi if seen is None else min(g.ts_hi, seen)
+        key = -bound
+    else:
+        bound = g.ts_lo if seen is None else max(g.ts_lo, seen)
+        key = bound
+    heapq.heappush(heap, (key, next(_TIES), f, groups, chain, at))
+
+
+#: Tie-breaks for equal heap keys (files and groups do not compare).
+_TIES = itertools.count()
 
 
 def _may_hold(
