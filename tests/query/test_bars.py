@@ -14,9 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k2.config import QuerySettings
 from k2.lake.tables import TABLE_DEFS, sort_for
+from k2.query import engine as engine_module
 from k2.query.bars import BAR_COLUMNS, parse_interval
 from k2.query.base import QueryError
 from k2.sources.binance.parse import FrameParser
@@ -105,6 +108,15 @@ def exact(value: Any) -> Any:
     return str(value) if isinstance(value, Decimal) else value
 
 
+@pytest.fixture(autouse=True, params=["numpy", "duckdb"])
+def bars_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs both ways the engine computes bars from lake rows: numpy
+    over rows read from the row groups, and DuckDB's SQL."""
+    if request.param == "duckdb":
+        monkeypatch.setattr(engine_module, "BARS_DIRECT_MAX_ROWS", 0)
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def raw() -> list[RawTrade]:
     return raw_trades()
@@ -124,7 +136,7 @@ def real_lake(lake: Lake) -> Lake:
 
 @pytest.mark.parametrize("interval", ["1s", "15s", "1m", "5m", "1h", "1d"])
 def test_bars_equal_an_independent_decimal_computation(
-    make_engine: EngineFactory, real_lake: Lake, raw: list[RawTrade], interval: str
+    make_engine: EngineFactory, real_lake: Lake, raw: list[RawTrade], interval: str, bars_way: str
 ) -> None:
     result = make_engine().bars("BTCUSDT", interval=interval)
     want = expected_bars(raw, parse_interval(interval))
@@ -136,6 +148,8 @@ def test_bars_equal_an_independent_decimal_computation(
             assert exact(g[column]) == exact(w[column]), (interval, g["bar_start"], column)
     assert sum(g["trade_count"] for g in got) == HFT_TRADES
     assert result.meta.rows == len(want) and result.meta.extra["interval"] == interval
+    way = result.meta.extra.get("bars_read", "duckdb")
+    assert way == ("row-groups" if bars_way == "numpy" else "duckdb")
 
 
 def test_bars_window_is_start_inclusive_end_exclusive(
@@ -231,3 +245,90 @@ def test_too_many_bars_is_refused(make_engine: EngineFactory, real_lake: Lake) -
         engine.bars("BTCUSDT", interval="1s")  # 415 bars with trades > 100
     assert unbounded.value.code == "window-too-large"
     assert engine.bars("BTCUSDT", interval="1m").table.num_rows == 8
+
+
+_DEC = pa.decimal128(18, 8)
+_UNITS = st.one_of(
+    st.integers(0, 10**6),
+    st.integers(0, 10**18 - 1),  # decimal(18, 8) at its largest: sums beyond int64
+    st.sampled_from([0, 1, 5 * 10**7, 10**8]),
+)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["BTCUSDT", "ETHUSDT", "ÄUSDT"]),
+            st.sampled_from(["binance", "kraken"]),
+            st.integers(0, 3 * 60_000_000),  # three minutes: ties and bar edges
+            _UNITS,
+            _UNITS,
+            st.sampled_from(["BUY", "SELL", None]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    interval=st.sampled_from([1, 1_000_000, 60_000_000, 86_400_000_000]),
+    summary=st.booleans(),
+)
+def test_numpy_bars_equal_the_sql_to_the_last_decimal(
+    rows: list[tuple[str, str, int, int, int, str | None]], interval: int, summary: bool
+) -> None:
+    """:func:`bars_from_rows` gives the SQL's table exactly, whatever the order of the
+    rows, equal times (decided by trade id), sides, zero volumes (null VWAP) and
+    values up to decimal(18, 8)'s largest (sums beyond int64: decimal(38, 8))."""
+    import duckdb
+
+    from k2.query.bars import bars_from_rows, bars_sql, conform_bars
+
+    symbol, exchange, ts, price, qty, side = (list(c) for c in zip(*rows, strict=True))
+    # Unique ids (as a market's are), not in time order: open/close ties need them.
+    ids = [k * 37 % 1009 for k in range(len(rows))]
+    pairs = list(zip(price, qty, strict=True))
+
+    def units(values: list[int]) -> pa.Array:
+        return pa.array([Decimal(v).scaleb(-8) for v in values], _DEC)
+
+    table = pa.table(
+        {
+            "symbol": pa.array(symbol),
+            "exchange": pa.array(exchange),
+            "timestamp": pa.array([T0 + t for t in ts]).cast(pa.timestamp("us", tz="UTC")),
+            "trade_id": pa.array(ids, pa.int64()),
+            "price": units(price),
+            "quantity": units(qty),
+            "quote_quantity": units([min(p * q // 10**8, 10**18 - 1) for p, q in pairs]),
+            "side": pa.array(side, pa.string()),
+        }
+    )
+    conn = duckdb.connect()
+    conn.register("rows_in", table)
+    sql = bars_sql("rows_in", "true", interval)
+    try:
+        want = conform_bars(conn.sql(sql).to_arrow_table(), summary=summary)
+    except duckdb.OutOfRangeException:
+        return  # decimal(38, 8) overflow in SQL: nothing to compare against
+    got = bars_from_rows(table, interval, summary=summary)
+    assert got is not None
+    assert got.equals(want), (got.to_pylist()[:3], want.to_pylist()[:3])
+
+
+def test_numpy_bars_decline_what_they_cannot_do_exactly() -> None:
+    from k2.query.bars import bars_from_rows
+
+    one = {
+        "symbol": ["X"],
+        "exchange": ["binance"],
+        "timestamp": pa.array([T0]).cast(pa.timestamp("us", tz="UTC")),
+        "trade_id": [1],
+        "side": ["BUY"],
+    }
+    ok = pa.array([Decimal(1)], _DEC)
+    negative = pa.array([Decimal(-1)], _DEC)
+    huge = pa.array([Decimal(10**12)], pa.decimal128(38, 8))  # beyond int64 units
+    for price, qty in ((negative, ok), (ok, huge), (ok, pa.nulls(1, _DEC))):
+        table = pa.table({**one, "price": price, "quantity": qty, "quote_quantity": ok})
+        assert bars_from_rows(table, 60_000_000) is None
+    fine = pa.table({**one, "price": ok, "quantity": ok, "quote_quantity": ok})
+    assert bars_from_rows(fine, 60_000_000) is not None

@@ -426,6 +426,76 @@ def _push(
 _TIES = itertools.count()
 
 
+def read_rows(
+    files: Sequence[DataFile],
+    flt: RowFilter,
+    columns: Sequence[str],
+    footers: FooterCache,
+    max_rows: int,
+) -> pa.Table | None:
+    """Every row of ``files`` matching ``flt`` (no cursor), ``columns`` only, read from
+    the row groups their statistics do not rule out, in file and row order (not
+    sorted). String columns come as dictionaries, the rest with canonical types.
+
+    ``None`` where this does not apply (a cursor, missing statistics, a file without
+    one of the columns, more than ``max_rows`` rows to visit): then DuckDB reads.
+    """
+    if flt.after is not None:
+        return None
+    lo, hi = flt.lo_us, flt.hi_us
+    symbols = None if flt.symbols is None else set(flt.symbols)
+    ex = flt.exchange
+    picked: list[tuple[DataFile, int, RowGroup]] = []
+    visited = 0
+    for f in files:
+        for i, g in enumerate(footers.get(f)):
+            if g.ts_lo is None or g.ts_hi is None:
+                return None
+            if not _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols):
+                continue
+            if ex is not None and not (
+                (g.exchange_lo is None or g.exchange_lo <= ex)
+                and (g.exchange_hi is None or ex <= g.exchange_hi)
+            ):
+                continue
+            visited += g.rows
+            if visited > max_rows:
+                return None
+            picked.append((f, i, g))
+    schema = SCHEMAS[flt.data_type]
+    fields = [schema.field(c) for c in columns]
+    out_schema = pa.schema(
+        [
+            pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
+            if pa.types.is_string(f.type)
+            else f
+            for f in fields
+        ]
+    )
+    parts: list[pa.Table] = []
+    for f, i, g in picked:
+        part = footers.read_group(f, i, columns)
+        if part is None:
+            return None
+        part = filtered(part, flt, g)
+        if part.num_rows:
+            parts.append(_typed(part, out_schema))
+    return pa.Table.from_batches([], schema=out_schema) if not parts else pa.concat_tables(parts)
+
+
+def _typed(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``part`` with ``schema``'s types: strings as dictionaries (encoded if read plain)."""
+    arrays = []
+    for field in schema:
+        column = part.column(field.name)
+        if column.type != field.type:
+            if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(column.type):
+                column = pc.dictionary_encode(column.cast(pa.string()))
+            column = column.cast(field.type)
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def _may_hold(
     g: RowGroup,
     ts_lo: int,
