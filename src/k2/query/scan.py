@@ -63,8 +63,9 @@ TOP_AGGREGATE_MAX = 10_000
 #: Most files read by one query of the walk (the batch doubles from 1 up to this).
 MAX_BATCH_FILES = 64
 
-#: The row-group path (:func:`_read_top_groups`) answers up to this many rows ...
-DIRECT_MAX_N = 1_000_000
+#: The row-group path (:func:`_read_top_groups`) answers "first/last N" for N up to
+#: this (every page the API serves: ``max_limit`` + 1 to see whether more follow) ...
+DIRECT_MAX_N = 10_000_000
 #: ... reading at most this many rows (what bounds its work); beyond, DuckDB reads.
 DIRECT_MAX_ROWS = 262_144
 
