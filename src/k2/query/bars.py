@@ -200,21 +200,25 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
     ids = _int64(rows.column("trade_id"))
     ex_rank, ex_values = _ranks(rows.column("exchange"))
     sym_rank, sym_values = _ranks(rows.column("symbol"))
-    buy = _is(rows.column("side"), "BUY")
-    sell = _is(rows.column("side"), "SELL")
+    side = _codes(rows.column("side"), ("BUY", "SELL"))
     bucket = ts // interval_us
-    if not _ascending([bucket, ex_rank, sym_rank, ts, ids]):
+    # Keys with one value (one symbol, one exchange: the usual question) order nothing.
+    groups = [k for k, v in ((ex_rank, ex_values), (sym_rank, sym_values)) if len(v) > 1]
+    if not _ascending([bucket, *groups, ts, ids]):
         order = np.lexsort((ids, ts, sym_rank, ex_rank, bucket))
         price, qty, quote, ts = price[order], qty[order], quote[order], ts[order]
-        ex_rank, sym_rank, bucket = ex_rank[order], sym_rank[order], bucket[order]
-        buy, sell = buy[order], sell[order]
+        ex_rank, sym_rank, bucket, side = (
+            ex_rank[order],
+            sym_rank[order],
+            bucket[order],
+            side[order],
+        )
+        groups = [k[order] for k in groups]
     new = np.empty(n, dtype=bool)
     new[0] = True
-    new[1:] = (
-        (bucket[1:] != bucket[:-1])
-        | (ex_rank[1:] != ex_rank[:-1])
-        | (sym_rank[1:] != sym_rank[:-1])
-    )
+    new[1:] = bucket[1:] != bucket[:-1]
+    for key in groups:
+        new[1:] |= key[1:] != key[:-1]
     starts = np.flatnonzero(new)
     ends = np.append(starts[1:], n)
     counts = ends - starts
@@ -225,8 +229,8 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
     sums = {
         "volume": volume,
         "quote_volume": _sums(quote, starts, most),
-        "buy_volume": _sums(np.where(buy, qty, 0), starts, most),
-        "sell_volume": _sums(np.where(sell, qty, 0), starts, most),
+        "buy_volume": _sums(np.where(side == 1, qty, 0), starts, most),
+        "sell_volume": _sums(np.where(side == 2, qty, 0), starts, most),
     }
     if any(int(np.max(v)) > _DEC38_MAX for v in sums.values()):
         return None
@@ -262,55 +266,65 @@ def _int64(column: pa.ChunkedArray) -> np.ndarray:
 def _units(column: pa.ChunkedArray) -> np.ndarray | None:
     """A decimal column with scale 8 as int64 units of 1e-8; None if it has nulls, a
     negative value or one beyond int64, or another type."""
-    values = column.combine_chunks()
-    t = values.type
-    if not isinstance(t, pa.Decimal128Type) or t.scale != 8 or values.null_count:
+    t = column.type
+    if not isinstance(t, pa.Decimal128Type) or t.scale != 8 or column.null_count:
         return None
-    n = len(values)
-    words = np.frombuffer(values.buffers()[1], dtype=np.int64, count=2 * (values.offset + n))
-    pairs = words[2 * values.offset :].reshape(n, 2)
-    low, high = pairs[:, 0], pairs[:, 1]
-    if n and (bool(high.any()) or int(low.min()) < 0):
+    parts = []
+    for chunk in column.chunks:
+        n = len(chunk)
+        words = np.frombuffer(chunk.buffers()[1], dtype=np.int64, count=2 * (chunk.offset + n))
+        pairs = words[2 * chunk.offset :].reshape(n, 2)
+        if n and pairs[:, 1].any():
+            return None  # a high word: beyond int64 (or negative)
+        parts.append(pairs[:, 0])
+    low = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if low.size and int(low.min()) < 0:
         return None
-    return low.copy()
+    return low
 
 
 def _ranks(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the rank of its string among the column's distinct values (in byte
-    order, as DuckDB orders VARCHAR), and those values in that order."""
+    order, as DuckDB orders VARCHAR), and those values in that order. Dictionary
+    chunks are mapped through their (small) dictionaries, not decoded."""
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
-    column = column.unify_dictionaries()
-    if column.num_chunks == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
-    dictionary = column.chunk(0).dictionary
-    codes = np.concatenate(
-        [
-            np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-            for c in column.chunks
-        ]
-    )
-    values = np.array(dictionary.to_pylist(), dtype=object)
-    order = np.argsort(values)
-    rank = np.empty(len(values), dtype=np.int64)
-    rank[order] = np.arange(len(values))
-    return rank[codes], values[order]
+    chunks = [c for c in column.chunks if len(c)]
+    per_chunk = [c.dictionary.to_pylist() for c in chunks]
+    values = np.array(sorted({v for d in per_chunk for v in d}), dtype=object)
+    if len(values) <= 1:
+        return np.zeros(len(column), dtype=np.int64), values
+    where = {v: k for k, v in enumerate(values.tolist())}
+    ranks = [
+        np.array([where[v] for v in d], dtype=np.int64)[_indices(c)]
+        for c, d in zip(chunks, per_chunk, strict=True)
+    ]
+    return np.concatenate(ranks), values
 
 
-def _is(column: pa.ChunkedArray, value: str) -> np.ndarray:
-    """Where ``column`` (strings or a dictionary of them) holds ``value`` (not nulls)."""
-    if pa.types.is_dictionary(column.type):
-        parts = []
-        for chunk in column.chunks:
-            codes = np.flatnonzero(np.array(chunk.dictionary.to_pylist(), dtype=object) == value)
-            indices = chunk.indices
-            hit = np.isin(np.asarray(indices.to_numpy(zero_copy_only=False)), codes)
-            if indices.null_count:
-                hit &= np.asarray(indices.is_valid().to_numpy(zero_copy_only=False))
-            parts.append(hit)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-    hits = pc.fill_null(pc.equal(column, value), False)
-    return np.asarray(hits.to_numpy(zero_copy_only=False), dtype=bool)
+def _codes(column: pa.ChunkedArray, wanted: tuple[str, ...]) -> np.ndarray:
+    """Per row, 1 + the position of its value in ``wanted``, or 0 (another value or
+    null), as int8."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    parts = []
+    for chunk in column.chunks:
+        lookup = np.array(
+            [wanted.index(v) + 1 if v in wanted else 0 for v in chunk.dictionary.to_pylist()]
+            + [0],  # nulls index the last entry
+            dtype=np.int8,
+        )
+        indices = _indices(chunk, null=len(lookup) - 1)
+        parts.append(lookup[indices])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int8)
+
+
+def _indices(chunk: pa.DictionaryArray, null: int = 0) -> np.ndarray:
+    """A dictionary chunk's indices as int64, ``null`` where the row is null."""
+    indices = chunk.indices
+    if indices.null_count:
+        indices = pc.fill_null(indices, null)
+    return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _ascending(keys: list[np.ndarray]) -> bool:
@@ -342,16 +356,35 @@ def _sums(values: np.ndarray, starts: np.ndarray, most: int) -> np.ndarray:
 
 def _product_sums(x: np.ndarray, y: np.ndarray, starts: np.ndarray, most: int) -> np.ndarray:
     """Exact sums of ``x * y`` (0 <= x, y < 2**63) over the runs beginning at ``starts``
-    (``most`` rows at most), as Python integers (an object array). Limb products of
-    equal weight are added per row (three at most, each < 2**42) and summed per run:
-    below 2**63 for runs of up to 2**19 rows; longer runs sum each product alone."""
+    (``most`` rows at most), as Python integers (an object array).
+
+    Both are cut into ``k`` limbs of ``width`` bits, the fewest for which a run's sum of
+    the limb products of one weight (at most ``k`` of them, each below 2**(2·width))
+    stays below 2**63; those sums are shifted and joined. Two limbs cover a price of
+    BTC in 1e-8 units (43 bits) times its quantities; small values need one."""
+    bits = max(int(x.max()).bit_length(), int(y.max()).bit_length(), 1)
+    for k in (1, 2, 3):
+        width = -(-bits // k)
+        if k * most << (2 * width) < 1 << 63:
+            break
+    else:
+        return _product_sums_wide(x, y, starts)
+    mask = (1 << width) - 1
+    xs = [(x >> (width * i)) & mask for i in range(k)]
+    ys = [(y >> (width * i)) & mask for i in range(k)]
+    total = np.zeros(len(starts), dtype=object)
+    for w in range(2 * k - 1):
+        row = sum(xs[i] * ys[w - i] for i in range(max(0, w - k + 1), min(w, k - 1) + 1))
+        assert isinstance(row, np.ndarray)
+        total += np.add.reduceat(row, starts).astype(object) << (width * w)
+    return total
+
+
+def _product_sums_wide(x: np.ndarray, y: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """:func:`_product_sums` for runs too long to add products of equal weight first
+    (up to :data:`MAX_BAR_ROWS` rows): each of the nine 21-bit limb products alone."""
     xs, ys = _limbs(x), _limbs(y)
     total = np.zeros(len(starts), dtype=object)
-    if most <= 1 << 19:
-        for k in range(5):
-            row = sum(xs[i] * ys[k - i] for i in range(max(0, k - 2), min(k, 2) + 1))
-            total += np.add.reduceat(row, starts).astype(object) << (_LIMB * k)
-        return total
     for i, xi in enumerate(xs):
         for j, yj in enumerate(ys):
             total += np.add.reduceat(xi * yj, starts).astype(object) << (_LIMB * (i + j))

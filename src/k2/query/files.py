@@ -423,6 +423,14 @@ class FooterCache:
         group's read is per-column cost, and K2's trades have four constant string
         columns per group (exchange, asset class, currency, vendor data).
         """
+        return self.read_groups(f, (group,), columns)
+
+    def read_groups(
+        self, f: DataFile, groups: Sequence[int], columns: Sequence[str]
+    ) -> pa.Table | None:
+        """Row groups ``groups`` of ``f`` in one read (one call's fixed cost for many
+        groups), as :meth:`read_group` reads one: a column is made from statistics
+        only where every one of the groups holds the same single value."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -434,13 +442,18 @@ class FooterCache:
             meta = self._read_footer(f)[1]
         if not set(columns) <= set(meta.schema.names):
             return None
-        stats = self.get(f)[group]
-        constants = {name: value for name, value in stats.constants if name in columns}
+        stats = [self.get(f)[g] for g in groups]
+        constants = {name: value for name, value in stats[0].constants if name in columns}
+        dictionaries = set(stats[0].dictionaries)
+        for other in stats[1:]:
+            theirs = dict(other.constants)
+            constants = {k: v for k, v in constants.items() if theirs.get(k) == v}
+            dictionaries |= set(other.dictionaries) | set(theirs)
         wanted = [c for c in columns if c not in constants]
-        dictionaries = [c for c in stats.dictionaries if c in wanted]
+        read_dictionary = [c for c in wanted if c in dictionaries]
         with self._source(f) as source:
-            parquet = pq.ParquetFile(source, metadata=meta, read_dictionary=dictionaries)
-            table = parquet.read_row_group(group, columns=wanted)
+            parquet = pq.ParquetFile(source, metadata=meta, read_dictionary=read_dictionary)
+            table = parquet.read_row_groups(list(groups), columns=wanted)
         if not constants:
             return table
         rows = table.num_rows

@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import duckdb
 
 Order = Literal["asc", "desc"]
+T = TypeVar("T", str, int)
 
 #: What a symbol or exchange may look like (anything else cannot exist in the lake).
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:/-]{0,63}$")
@@ -446,9 +447,10 @@ def read_rows(
     lo, hi = flt.lo_us, flt.hi_us
     symbols = None if flt.symbols is None else set(flt.symbols)
     ex = flt.exchange
-    picked: list[tuple[DataFile, int, RowGroup]] = []
+    picked: list[tuple[DataFile, list[int], list[RowGroup]]] = []
     visited = 0
     for f in files:
+        mine: tuple[list[int], list[RowGroup]] = ([], [])
         for i, g in enumerate(footers.get(f)):
             if g.ts_lo is None or g.ts_hi is None:
                 return None
@@ -462,7 +464,10 @@ def read_rows(
             visited += g.rows
             if visited > max_rows:
                 return None
-            picked.append((f, i, g))
+            mine[0].append(i)
+            mine[1].append(g)
+        if mine[0]:
+            picked.append((f, *mine))
     schema = SCHEMAS[flt.data_type]
     fields = [schema.field(c) for c in columns]
     out_schema = pa.schema(
@@ -474,14 +479,35 @@ def read_rows(
         ]
     )
     parts: list[pa.Table] = []
-    for f, i, g in picked:
-        part = footers.read_group(f, i, columns)
+    for f, indices, groups in picked:
+        part = footers.read_groups(f, indices, columns)
         if part is None:
             return None
-        part = filtered(part, flt, g)
+        part = filtered(part, flt, _spanning(groups))
         if part.num_rows:
             parts.append(_typed(part, out_schema))
     return pa.Table.from_batches([], schema=out_schema) if not parts else pa.concat_tables(parts)
+
+
+def _spanning(groups: Sequence[RowGroup]) -> RowGroup:
+    """Statistics that hold for the rows of all ``groups`` together (bounds of bounds;
+    unknown where one of them lacks them)."""
+
+    def lo(values: list[T | None]) -> T | None:
+        return None if any(v is None for v in values) else min(values)  # type: ignore[type-var]
+
+    def hi(values: list[T | None]) -> T | None:
+        return None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
+
+    return RowGroup(
+        rows=sum(g.rows for g in groups),
+        symbol_lo=lo([g.symbol_lo for g in groups]),
+        symbol_hi=hi([g.symbol_hi for g in groups]),
+        exchange_lo=lo([g.exchange_lo for g in groups]),
+        exchange_hi=hi([g.exchange_hi for g in groups]),
+        ts_lo=lo([g.ts_lo for g in groups]),
+        ts_hi=hi([g.ts_hi for g in groups]),
+    )
 
 
 def _typed(part: pa.Table, schema: pa.Schema) -> pa.Table:
