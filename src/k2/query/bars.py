@@ -222,9 +222,9 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
     starts = np.flatnonzero(new)
     ends = np.append(starts[1:], n)
     counts = ends - starts
-    if int(counts.max()) > MAX_BAR_ROWS:
-        return None
     most = int(counts.max())
+    if most > MAX_BAR_ROWS:
+        return None
     volume = _sums(qty, starts, most)
     sums = {
         "volume": volume,

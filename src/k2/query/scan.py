@@ -350,14 +350,8 @@ def _read_top_groups(
         for i, g in enumerate(groups):
             if g.ts_lo is None or g.ts_hi is None:
                 return None
-            if not _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols):
-                continue
-            ex_lo, ex_hi = g.exchange_lo, g.exchange_hi
-            if ex is not None and not (
-                (ex_lo is None or ex_lo <= ex) and (ex_hi is None or ex <= ex_hi)
-            ):
-                continue
-            hits.append(i)
+            if _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols) and _may_hold_exchange(g, ex):
+                hits.append(i)
         if desc:
             hits.reverse()
         chains = [hits] if one_symbol and f.symbol_sorted else [[i] for i in hits]
@@ -454,12 +448,7 @@ def read_rows(
         for i, g in enumerate(footers.get(f)):
             if g.ts_lo is None or g.ts_hi is None:
                 return None
-            if not _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols):
-                continue
-            if ex is not None and not (
-                (g.exchange_lo is None or g.exchange_lo <= ex)
-                and (g.exchange_hi is None or ex <= g.exchange_hi)
-            ):
+            if not (_may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols) and _may_hold_exchange(g, ex)):
                 continue
             visited += g.rows
             if visited > max_rows:
@@ -538,6 +527,15 @@ def _may_hold(
     return symbols is None or any(
         (g.symbol_lo is None or g.symbol_lo <= s) and (g.symbol_hi is None or s <= g.symbol_hi)
         for s in symbols
+    )
+
+
+def _may_hold_exchange(g: RowGroup, exchange: str | None) -> bool:
+    """Whether row group ``g`` may hold rows of ``exchange`` (None: any); a bound it
+    lacks proves nothing."""
+    return exchange is None or (
+        (g.exchange_lo is None or g.exchange_lo <= exchange)
+        and (g.exchange_hi is None or exchange <= g.exchange_hi)
     )
 
 
