@@ -98,12 +98,34 @@ def catalog_from(lake: LakeSettings, data_dir: Path) -> Catalog:
             rest_props = {k: v for k, v in props.items() if k != "type"}
             return RestCatalog(CATALOG_NAME, **rest_props)
         from pyiceberg.catalog.sql import SqlCatalog
+        from sqlalchemy.exc import DBAPIError
 
         sql_props = {k: v for k, v in props.items() if k != "type"}
-        return SqlCatalog(CATALOG_NAME, **sql_props)
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                return SqlCatalog(CATALOG_NAME, **sql_props)
+            except DBAPIError as exc:
+                # Stages starting together on a new catalog each see its tables
+                # missing and create them; the losers fail with "already exists".
+                # Opening again finds the winner's tables.
+                if attempt + 1 == _CREATE_ATTEMPTS or not _lost_create_race(exc):
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
     except ModuleNotFoundError as exc:
         extra = {"sqlite": "sql-sqlite", "postgresql": "sql-postgres", "rest": "s3fs"}
         raise ConfigError(
             f"the {lake.catalog} catalog needs {exc.name!r}: "
             f"pip install 'pyiceberg[{extra[lake.catalog]}]'"
         ) from exc
+
+
+#: Opening a SQL catalog is tried this often when another process creates its tables.
+_CREATE_ATTEMPTS = 3
+
+
+def _lost_create_race(exc: Exception) -> bool:
+    """Whether ``exc`` is what creating a SQL catalog's tables raises when another
+    process created them first (SQLite: "already exists"; PostgreSQL: that, or a
+    duplicate key in its type catalog)."""
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate key value" in text
