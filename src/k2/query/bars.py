@@ -179,12 +179,14 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
     exchange, symbol, as :data:`BAR_SCHEMA` (:data:`SUMMARY_SCHEMA` with ``summary``).
 
     DuckDB's fixed cost for that query is ~12 ms on this machine even over a few
-    thousand rows, most of a one-symbol-day question; this takes ~1 ms. Exactness:
-    decimals are integers of 1e-8 units; sums run over 21-bit limbs (a limb sum fits
-    int64 for up to :data:`MAX_BAR_ROWS` rows a bar) joined as Python integers, so no
-    sum or product is rounded; VWAP divides those integers and rounds half-even as the
-    SQL does. ``None`` when a key, price or quantity is null, a price or quantity is
-    negative or beyond int64 units, or a bar has more rows: then the caller asks DuckDB.
+    thousand rows, most of a one-symbol-day question; this takes ~2.5 ms for 16k rows.
+    Exactness: decimals are integers of 1e-8 units; a sum is taken in int64 only where
+    no run's sum can reach 2**63, else over 21-bit limbs joined as Python integers;
+    Σ price × quantity over limb products (:func:`_product_sums`); nothing is rounded
+    until VWAP, which divides those integers and rounds half-even as the SQL does.
+    ``None`` when a key, price or quantity is null, a price or quantity is negative or
+    beyond int64 units, or a bar has more than :data:`MAX_BAR_ROWS` rows: then the
+    caller asks DuckDB.
     """
     n = rows.num_rows
     schema = SUMMARY_SCHEMA if summary else BAR_SCHEMA
