@@ -167,7 +167,6 @@ def conform_bars(table: pa.Table, *, summary: bool = False) -> pa.Table:
 #: Rows of one bar at most for :func:`bars_from_rows` (its 21-bit limb sums stay exact).
 MAX_BAR_ROWS = 1 << 21
 _LIMB = 21
-_LIMB_MASK = (1 << _LIMB) - 1
 #: Largest unscaled decimal(38, 8) value.
 _DEC38_MAX = 10**38 - 1
 
@@ -340,9 +339,11 @@ def _ascending(keys: list[np.ndarray]) -> bool:
     return True
 
 
-def _limbs(values: np.ndarray) -> list[np.ndarray]:
-    """``values`` (0 <= v < 2**63) as three 21-bit limbs, lowest first."""
-    return [(values >> (_LIMB * k)) & _LIMB_MASK for k in range(3)]
+def _limbs(values: np.ndarray, count: int = 3, width: int = _LIMB) -> list[np.ndarray]:
+    """``values`` (0 <= v < 2**(count·width)) as ``count`` limbs of ``width`` bits,
+    lowest first."""
+    mask = (1 << width) - 1
+    return [(values >> (width * k)) & mask for k in range(count)]
 
 
 def _sums(values: np.ndarray, starts: np.ndarray, most: int) -> np.ndarray:
@@ -371,9 +372,7 @@ def _product_sums(x: np.ndarray, y: np.ndarray, starts: np.ndarray, most: int) -
             break
     else:
         return _product_sums_wide(x, y, starts)
-    mask = (1 << width) - 1
-    xs = [(x >> (width * i)) & mask for i in range(k)]
-    ys = [(y >> (width * i)) & mask for i in range(k)]
+    xs, ys = _limbs(x, k, width), _limbs(y, k, width)
     total = np.zeros(len(starts), dtype=object)
     for w in range(2 * k - 1):
         row = sum(xs[i] * ys[w - i] for i in range(max(0, w - k + 1), min(w, k - 1) + 1))

@@ -337,21 +337,15 @@ def _read_top_groups(
     if flt.after is not None or n > DIRECT_MAX_N:
         return None
     desc = order == "desc"
-    lo, hi = flt.lo_us, flt.hi_us
-    symbols = None if flt.symbols is None else set(flt.symbols)
-    ex = flt.exchange
-    one_symbol = symbols is not None and len(symbols) == 1
+    one_symbol = flt.symbols is not None and len(set(flt.symbols)) == 1
     # (key, tie-break, file, its groups, chain of group indices, position in the chain);
     # the key orders the heap by bound, newest (oldest) first.
     heap: list[tuple[int, int, DataFile, tuple[RowGroup, ...], list[int], int]] = []
     for f in files:
         groups = footers.get(f)
-        hits: list[int] = []
-        for i, g in enumerate(groups):
-            if g.ts_lo is None or g.ts_hi is None:
-                return None
-            if _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols) and _may_hold_exchange(g, ex):
-                hits.append(i)
+        hits = _matching_groups(groups, flt)
+        if hits is None:
+            return None
         if desc:
             hits.reverse()
         chains = [hits] if one_symbol and f.symbol_sorted else [[i] for i in hits]
@@ -438,25 +432,18 @@ def read_rows(
     """
     if flt.after is not None:
         return None
-    lo, hi = flt.lo_us, flt.hi_us
-    symbols = None if flt.symbols is None else set(flt.symbols)
-    ex = flt.exchange
     picked: list[tuple[DataFile, list[int], list[RowGroup]]] = []
     visited = 0
     for f in files:
-        mine: tuple[list[int], list[RowGroup]] = ([], [])
-        for i, g in enumerate(footers.get(f)):
-            if g.ts_lo is None or g.ts_hi is None:
-                return None
-            if not (_may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols) and _may_hold_exchange(g, ex)):
-                continue
-            visited += g.rows
-            if visited > max_rows:
-                return None
-            mine[0].append(i)
-            mine[1].append(g)
-        if mine[0]:
-            picked.append((f, *mine))
+        groups = footers.get(f)
+        hits = _matching_groups(groups, flt)
+        if hits is None:
+            return None
+        visited += sum(groups[i].rows for i in hits)
+        if visited > max_rows:
+            return None
+        if hits:
+            picked.append((f, hits, [groups[i] for i in hits]))
     schema = SCHEMAS[flt.data_type]
     fields = [schema.field(c) for c in columns]
     out_schema = pa.schema(
@@ -468,14 +455,29 @@ def read_rows(
         ]
     )
     parts: list[pa.Table] = []
-    for f, indices, groups in picked:
+    for f, indices, stats in picked:
         part = footers.read_groups(f, indices, columns)
         if part is None:
             return None
-        part = filtered(part, flt, _spanning(groups))
+        part = filtered(part, flt, _spanning(stats))
         if part.num_rows:
             parts.append(_typed(part, out_schema))
     return pa.Table.from_batches([], schema=out_schema) if not parts else pa.concat_tables(parts)
+
+
+def _matching_groups(groups: Sequence[RowGroup], flt: RowFilter) -> list[int] | None:
+    """Indices of the row ``groups`` of one file whose statistics do not rule out rows
+    matching ``flt`` (its cursor aside), in file order; None when a group has no time
+    bounds (it could hold anything: the caller leaves the file to DuckDB)."""
+    lo, hi = flt.lo_us, flt.hi_us
+    symbols = None if flt.symbols is None else set(flt.symbols)
+    hits = []
+    for i, g in enumerate(groups):
+        if g.ts_lo is None or g.ts_hi is None:
+            return None
+        if _may_hold(g, g.ts_lo, g.ts_hi, lo, hi, symbols) and _may_hold_exchange(g, flt.exchange):
+            hits.append(i)
+    return hits
 
 
 def _spanning(groups: Sequence[RowGroup]) -> RowGroup:
