@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
 #: Bump when generation or layout changes: older caches are then rebuilt.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 DEFAULT_TRADES = 100_000_000
 DEFAULT_SEED = 20240301
 DAYS = 30
@@ -457,16 +457,19 @@ def _files(table_dir: Path) -> list[Path]:
 
 
 def _layout(table_dir: Path, arctic_dir: Path, trades: int) -> dict[str, Any]:
-    """Files, sizes and row groups of the lake, and the LMDB store's size on disk."""
+    """Files, sizes and row groups of the lake (its minute partials' bytes apart), and
+    the LMDB store's size on disk."""
     files = sorted((table_dir / "data").rglob("*.parquet"))
     sizes = [f.stat().st_size for f in files]
     row_groups = [pq.ParquetFile(f).metadata.num_row_groups for f in files]
     rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
     arctic_bytes = sum(p.stat().st_blocks * 512 for p in arctic_dir.rglob("*") if p.is_file())
+    minutes = sum(p.stat().st_size for p in (table_dir / "data").rglob("*.minutes"))
     return {
         "files": len(files),
         "bytes": sum(sizes),
         "bytes_per_trade": round(sum(sizes) / trades, 2),
+        "minutes_bytes": minutes,
         "median_file_bytes": int(np.median(sizes)),
         "median_file_rows": int(np.median(rows)),
         "row_groups": sum(row_groups),

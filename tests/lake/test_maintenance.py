@@ -162,6 +162,36 @@ def test_maintain_runs_every_step(catalog: Catalog) -> None:
     assert _all_ids(table) == list(range(1, 31))
 
 
+def test_minute_partials_live_and_go_with_their_data_file(catalog: Catalog) -> None:
+    """Compaction writes a file with minute partials; orphan cleanup keeps them while a
+    retained snapshot references the file and deletes them with it afterwards."""
+    from k2.lake.minutes import minutes_path
+
+    table = catalog.load_table(TRADES)
+    for i in range(3):
+        table.append(_trades(1 + 10 * i, 10))
+    compact(table)
+
+    def live() -> list[str]:
+        table.refresh()
+        return [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
+
+    (first,) = live()
+    assert Path(minutes_path(first)).is_file()
+    for i in range(3, 5):
+        table.append(_trades(1 + 10 * i, 10))
+    compact(table)
+    (second,) = live()
+    later = datetime.now(UTC) + timedelta(days=2)
+    kept = remove_orphan_files(table, older_than=timedelta(hours=1), now=lambda: later)
+    assert not any(p.endswith(".minutes") for p in kept.paths)  # all retained
+    report = maintain(table, keep=timedelta(hours=1), now=lambda: later)
+    assert minutes_path(first) in report.orphans.paths
+    assert not Path(minutes_path(first)).exists() and not Path(first).exists()
+    assert Path(minutes_path(second)).is_file()
+    assert _all_ids(table) == list(range(1, 51))
+
+
 def test_orphan_cleanup_spares_referenced_and_young_files(catalog: Catalog) -> None:
     table = catalog.load_table(TRADES)
     for i in range(4):

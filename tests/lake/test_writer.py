@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -137,3 +139,39 @@ def test_files_claim_the_sort_order_only_when_sorted(tmp_path: Path) -> None:
         None,
         None,
     ]
+
+
+def test_trade_files_carry_their_minute_partials(tmp_path: Path) -> None:
+    """Each trades file K2 writes has minute partials beside it that summarise exactly
+    that file's rows; trades they cannot hold exactly (a negative price here) get a
+    data file without partials, never a wrong one."""
+    import pyarrow.parquet as pq
+
+    from k2.lake.minutes import minutes_path, minutes_table
+
+    table = ensure_tables(catalog_from(LakeSettings(), tmp_path))["trades"]
+    minute = 60_000_000
+    rows = pa.Table.from_batches(
+        [make_trades("BTCUSDT", 1, 300, step_us=minute // 97), make_trades("ETHUSDT", 1, 5)]
+    ).cast(TRADE.arrow_schema())
+    written = write_partitioned(table, rows, prefix="t")
+    assert len(written) == 2
+    counted = 0
+    for f in written:
+        path = f.file_path.removeprefix("file://")
+        assert minutes_path(path) == path + ".minutes"
+        stored, own = pq.read_table(minutes_path(path)), pq.read_table(path)
+        assert stored.equals(minutes_table(own))
+        minutes = Counter(
+            (r["symbol"], int(r["timestamp"].timestamp() * 1e6) // minute)
+            for r in own.select(["symbol", "timestamp"]).to_pylist()
+        )
+        assert stored["trade_count"].to_pylist() == [minutes[k] for k in sorted(minutes)]
+        counted += sum(stored["trade_count"].to_pylist())
+    assert counted == rows.num_rows
+    odd = pa.Table.from_batches([make_trades("BTCUSDT", 1, 2)]).cast(TRADE.arrow_schema())
+    negative = pa.array([Decimal("-1"), Decimal("1")], odd.schema.field("price").type)
+    odd = odd.set_column(odd.schema.get_field_index("price"), "price", negative)
+    (unheld,) = write_partitioned(table, odd, prefix="t")
+    path = unheld.file_path.removeprefix("file://")
+    assert Path(path).is_file() and not Path(minutes_path(path)).exists()

@@ -6,27 +6,34 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k2.config import QuerySettings
 from k2.lake.tables import TABLE_DEFS, sort_for
+from k2.lake.writer import append_partitioned
 from k2.query import engine as engine_module
 from k2.query.bars import BAR_COLUMNS, parse_interval
 from k2.query.base import QueryError
 from k2.sources.binance.parse import FrameParser
 from tests.captures import HFT_CAPTURE, HFT_TRADES, hft_frames
+from tests.query import engine_kit
 from tests.query.conftest import EngineFactory, Lake
 from tests.query.engine_kit import DAY, EIGHT, T0, Trade, append, append_by_day, dt, market
 from tests.query.engine_kit import trades_table as make_trades_table
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
 
 EPOCH_DAY = 86_400_000_000
 ZERO = Decimal("0E-8")
@@ -108,12 +115,24 @@ def exact(value: Any) -> Any:
     return str(value) if isinstance(value, Decimal) else value
 
 
-@pytest.fixture(autouse=True, params=["numpy", "duckdb"])
+def k2_append(table: Table, rows: pa.Table) -> int:
+    """:func:`append` through K2's own writer: its trades files carry minute partials."""
+    append_partitioned(table, sort_for(TABLE_DEFS[table.name()[-1]], rows), prefix="test")
+    snap = table.current_snapshot()
+    assert snap is not None
+    return int(snap.snapshot_id)
+
+
+@pytest.fixture(autouse=True, params=["numpy", "duckdb", "partials"])
 def bars_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs both ways the engine computes bars from lake rows: numpy
-    over rows read from the row groups, and DuckDB's SQL."""
+    """Every test here runs each way the engine computes bars from the lake: numpy over
+    rows read from the row groups, DuckDB's SQL, and the minute partials of files K2's
+    writer wrote (appends go through it; ``real_lake`` mixes both kinds of file)."""
     if request.param == "duckdb":
         monkeypatch.setattr(engine_module, "BARS_DIRECT_MAX_ROWS", 0)
+    if request.param == "partials":
+        monkeypatch.setattr(engine_kit, "append", k2_append)
+        monkeypatch.setattr(sys.modules[__name__], "append", k2_append)
     return str(request.param)
 
 
@@ -123,14 +142,18 @@ def raw() -> list[RawTrade]:
 
 
 @pytest.fixture
-def real_lake(lake: Lake) -> Lake:
-    """The capture's trades in the lake, in two appends (several files)."""
+def real_lake(lake: Lake, bars_way: str) -> Lake:
+    """The capture's trades in the lake, in two appends (several files); the first
+    through K2's writer when bars come from minute partials (so files of both kinds)."""
     frames, received = hft_frames()
     trades = pa.Table.from_batches([FrameParser().parse(frames, received).trades])
     half = trades.num_rows // 2
     table = lake.tables["trades"]
-    for part in (trades.slice(0, half), trades.slice(half)):
-        table.append(sort_for(TABLE_DEFS["trades"], part))
+    for n, part in enumerate((trades.slice(0, half), trades.slice(half))):
+        if n == 0 and bars_way == "partials":
+            k2_append(table, part)
+        else:
+            table.append(sort_for(TABLE_DEFS["trades"], part))
     return lake
 
 
@@ -149,7 +172,11 @@ def test_bars_equal_an_independent_decimal_computation(
     assert sum(g["trade_count"] for g in got) == HFT_TRADES
     assert result.meta.rows == len(want) and result.meta.extra["interval"] == interval
     way = result.meta.extra.get("bars_read", "duckdb")
-    assert way == ("row-groups" if bars_way == "numpy" else "duckdb")
+    whole_minutes = parse_interval(interval) % 60_000_000 == 0
+    if bars_way == "partials" and whole_minutes:
+        assert way == "minute-partials+row-groups"
+    else:
+        assert way == {"numpy": "row-groups", "duckdb": "duckdb"}.get(bars_way, "row-groups")
 
 
 def test_bars_window_is_start_inclusive_end_exclusive(
@@ -208,6 +235,40 @@ def test_vwap_rounds_half_even_and_open_close_break_ties_by_trade_id(
     assert (rows[2]["buy_volume"], rows[2]["sell_volume"]) == (Decimal("0.5"), Decimal("0.5"))
 
 
+def test_bars_count_only_the_window_on_whole_minutes(
+    make_engine: EngineFactory, lake: Lake, bars_way: str
+) -> None:
+    """Trades on both edges of a window that starts and ends on a minute: only
+    ``[start, end)`` counts, at one and at several minutes a bar, whichever way."""
+    m = 60_000_000
+    at = [(0, m - 1), (1, 0), (1, 5), (2, m - 1), (3, 0), (3, 7), (4, 0)]
+    trades = [Trade("EDGEUSDT", i, T0 + k * m + off, Decimal(10 + i), Decimal(1))
+              for i, (k, off) in enumerate(at)]  # fmt: skip
+    append(lake.tables["trades"], make_trades_table(trades))
+    engine = make_engine()
+    one = engine.bars("EDGEUSDT", interval="1m", start=dt(T0 + m), end=dt(T0 + 3 * m))
+    got = [(r["bar_start"], r["trade_count"], r["open"], r["close"]) for r in one.table.to_pylist()]
+    assert got == [(dt(T0 + m), 2, 11, 12), (dt(T0 + 2 * m), 1, 13, 13)]
+    two = engine.bars("EDGEUSDT", interval="2m", start=dt(T0), end=dt(T0 + 4 * m))
+    got = [(r["bar_start"], r["trade_count"], r["open"], r["close"]) for r in two.table.to_pylist()]
+    assert got == [(dt(T0), 3, 10, 12), (dt(T0 + 2 * m), 3, 13, 15)]
+    if bars_way == "partials":
+        assert one.meta.extra["bars_read"] == two.meta.extra["bars_read"] == "minute-partials"
+
+
+def test_bars_as_of_a_snapshot_count_only_its_files(make_engine: EngineFactory, lake: Lake) -> None:
+    first = market(days=1, per_symbol_day=10)
+    later = [Trade(t.symbol, t.trade_id + 1000, t.ts + 60_000_000, t.price, t.quantity)
+             for t in first]  # fmt: skip
+    snapshot = append(lake.tables["trades"], make_trades_table(first))
+    append(lake.tables["trades"], make_trades_table(later))
+    engine = make_engine()
+    then = engine.bars("BTCUSDT", interval="1d", as_of=snapshot)
+    now = engine.bars("BTCUSDT", interval="1d")
+    assert then.table.column("trade_count").to_pylist() == [10]
+    assert now.table.column("trade_count").to_pylist() == [20]
+
+
 def test_bars_of_several_symbols(make_engine: EngineFactory, lake: Lake) -> None:
     trades = market(days=2, per_symbol_day=25)
     append_by_day(lake.tables["trades"], trades)
@@ -255,33 +316,22 @@ _UNITS = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None, derandomize=True)
-@given(
-    rows=st.lists(
-        st.tuples(
-            st.sampled_from(["BTCUSDT", "ETHUSDT", "ÄUSDT"]),
-            st.sampled_from(["binance", "kraken"]),
-            st.integers(0, 3 * 60_000_000),  # three minutes: ties and bar edges
-            _UNITS,
-            _UNITS,
-            st.sampled_from(["BUY", "SELL", None]),
-        ),
-        min_size=1,
-        max_size=40,
+_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["BTCUSDT", "ETHUSDT", "ÄUSDT"]),
+        st.sampled_from(["binance", "kraken"]),
+        st.integers(0, 3 * 60_000_000),  # three minutes: ties and bar edges
+        _UNITS,
+        _UNITS,
+        st.sampled_from(["BUY", "SELL", None]),
     ),
-    interval=st.sampled_from([1, 1_000_000, 60_000_000, 86_400_000_000]),
-    summary=st.booleans(),
+    min_size=1,
+    max_size=40,
 )
-def test_numpy_bars_equal_the_sql_to_the_last_decimal(
-    rows: list[tuple[str, str, int, int, int, str | None]], interval: int, summary: bool
-) -> None:
-    """:func:`bars_from_rows` gives the SQL's table exactly, whatever the order of the
-    rows, equal times (decided by trade id), sides, zero volumes (null VWAP) and
-    values up to decimal(18, 8)'s largest (sums beyond int64: decimal(38, 8))."""
-    import duckdb
+Row = tuple[str, str, int, int, int, str | None]
 
-    from k2.query.bars import bars_from_rows, bars_sql, conform_bars
 
+def _trades(rows: list[Row]) -> pa.Table:
     symbol, exchange, ts, price, qty, side = (list(c) for c in zip(*rows, strict=True))
     # Unique ids (as a market's are), not in time order: open/close ties need them.
     ids = [k * 37 % 1009 for k in range(len(rows))]
@@ -290,7 +340,7 @@ def test_numpy_bars_equal_the_sql_to_the_last_decimal(
     def units(values: list[int]) -> pa.Array:
         return pa.array([Decimal(v).scaleb(-8) for v in values], _DEC)
 
-    table = pa.table(
+    return pa.table(
         {
             "symbol": pa.array(symbol),
             "exchange": pa.array(exchange),
@@ -302,14 +352,96 @@ def test_numpy_bars_equal_the_sql_to_the_last_decimal(
             "side": pa.array(side, pa.string()),
         }
     )
+
+
+def _sql_bars(table: pa.Table, interval: int, summary: bool) -> pa.Table | None:
+    """The SQL's bars of ``table``; None where decimal(38, 8) overflows in SQL."""
+    import duckdb
+
+    from k2.query.bars import bars_sql, conform_bars
+
     conn = duckdb.connect()
     conn.register("rows_in", table)
-    sql = bars_sql("rows_in", "true", interval)
     try:
-        want = conform_bars(conn.sql(sql).to_arrow_table(), summary=summary)
+        return conform_bars(conn.sql(bars_sql("rows_in", "true", interval)).to_arrow_table(),
+                            summary=summary)  # fmt: skip
     except duckdb.OutOfRangeException:
-        return  # decimal(38, 8) overflow in SQL: nothing to compare against
+        return None
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    rows=_ROWS,
+    interval=st.sampled_from([1, 1_000_000, 60_000_000, 86_400_000_000]),
+    summary=st.booleans(),
+)
+def test_numpy_bars_equal_the_sql_to_the_last_decimal(
+    rows: list[Row], interval: int, summary: bool
+) -> None:
+    """:func:`bars_from_rows` gives the SQL's table exactly, whatever the order of the
+    rows, equal times (decided by trade id), sides, zero volumes (null VWAP) and
+    values up to decimal(18, 8)'s largest (sums beyond int64: decimal(38, 8))."""
+    from k2.query.bars import bars_from_rows
+
+    table = _trades(rows)
+    want = _sql_bars(table, interval, summary)
+    if want is None:
+        return  # nothing to compare against
     got = bars_from_rows(table, interval, summary=summary)
+    assert got is not None
+    assert got.equals(want), (got.to_pylist()[:3], want.to_pylist()[:3])
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    rows=_ROWS,
+    where=st.lists(st.integers(0, 2), min_size=40, max_size=40),
+    intervals=st.sampled_from(
+        [
+            (1, 1),
+            (1, 60_000_000),
+            (1_000_000, 60_000_000),
+            (60_000_000, 60_000_000),
+            (60_000_000, 180_000_000),
+            (60_000_000, 86_400_000_000),
+        ]
+    ),
+    summary=st.booleans(),
+    key_major=st.booleans(),
+)
+def test_partials_of_parts_combine_to_the_sql_bars(
+    rows: list[Row], where: list[int], intervals: tuple[int, int], summary: bool, key_major: bool
+) -> None:
+    """Trades split at random over three parts (files), each summarised at a base
+    interval, then combined at a multiple of it give the SQL's bars of all the trades
+    exactly: opens and closes across parts (ties by trade id), sums across parts. With
+    ``key_major`` each part is sorted as a data file is (exchange, symbol, time, id);
+    partials at one minute go through the partials file's table and back."""
+    from k2.lake.minutes import minutes_table, partials_of
+    from k2.query.bars import bars_from_partials, combine, partials_from_rows
+
+    base, interval = intervals
+    table = _trades(rows)
+    want = _sql_bars(table, interval, summary)
+    if want is None:
+        return
+    part_of = pa.array(where[: table.num_rows])
+    keys = [(k, "ascending") for k in ("exchange", "symbol", "timestamp", "trade_id")]
+    parts = []
+    for k in range(3):
+        rows_k = table.filter(pc.equal(part_of, k))
+        if key_major:
+            rows_k = rows_k.take(pc.sort_indices(rows_k, sort_keys=keys))
+        part = partials_from_rows(rows_k, base)
+        assert part is not None
+        if base == 60_000_000 and len(part):
+            stored = minutes_table(rows_k)
+            if stored is None:  # a sum of 10**38 units or more: not kept
+                return
+            part = partials_of(stored.take(pa.array(range(stored.num_rows))[::-1]))
+            assert part is not None
+        parts.append(part)
+    got = bars_from_partials(combine(parts, interval), summary=summary)
     assert got is not None
     assert got.equals(want), (got.to_pylist()[:3], want.to_pylist()[:3])
 

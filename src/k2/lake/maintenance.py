@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from k2.errors import K2Error, TerminalError, TransientError
+from k2.lake.minutes import minutes_path
 from k2.lake.sink_offsets import offsets_properties
 from k2.lake.writer import SMALL_ZSTD_LEVEL, write_files
 
@@ -296,6 +297,8 @@ def _referenced_paths(table: Table) -> set[str]:
             paths.add(_normalise(manifest.manifest_path))
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
                 paths.add(_normalise(entry.data_file.file_path))
+                # Its minute partials, if K2's writer stored any, live as long as it.
+                paths.add(_normalise(minutes_path(entry.data_file.file_path)))
     for stats in table.metadata.statistics:
         paths.add(_normalise(stats.statistics_path))
     return paths

@@ -281,11 +281,17 @@ def _write_one(
     )
     from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 
+    from k2.lake import minutes
+
     metadata = table.metadata
     schema = metadata.schema()
     arrow_schema = schema_to_pyarrow(schema, include_field_ids=True)
     data = data.select(arrow_schema.names).cast(arrow_schema)
     dictionary, encodings = column_encodings(arrow_schema)
+    if set(minutes.SOURCE_COLUMNS) <= set(arrow_schema.names):
+        # Trades: their minute partials first (a failure after this leaves an orphan
+        # partials file, never a data file with wrong ones).
+        minutes.write_minutes(table.io, path, data)
     row_groups = int(metadata.properties.get("write.parquet.row-group-limit", str(ROW_GROUP_ROWS)))
     output = table.io.new_output(path)
     with output.create(overwrite=False) as stream:

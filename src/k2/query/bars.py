@@ -26,6 +26,8 @@ Everything runs in DuckDB: no per-bar Python.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -171,6 +173,48 @@ _LIMB = 21
 _DEC38_MAX = 10**38 - 1
 
 
+@dataclass(frozen=True, slots=True)
+class Partials:
+    """Trades summarised per (bucket, exchange, symbol) at ``interval_us``: what the bars
+    at that interval, or at any multiple of it, are made of, exactly.
+
+    Arrays are aligned, one entry per group; :func:`partials_from_rows` and
+    :func:`combine` order the groups by bucket, exchange, symbol, the order
+    :func:`bars_from_partials` needs.
+    ``bucket`` is ``timestamp // interval_us``; the first and last trade are those
+    with the smallest and largest ``(timestamp, trade_id)``; prices and sums are
+    integers of 1e-8 units (``pq`` = Σ price × quantity, of 1e-16 units). A sum is an
+    int64 array where it fits, else an object array of Python integers.
+    """
+
+    interval_us: int
+    bucket: np.ndarray
+    exchange: np.ndarray
+    symbol: np.ndarray
+    first_ts: np.ndarray
+    first_id: np.ndarray
+    open: np.ndarray
+    last_ts: np.ndarray
+    last_id: np.ndarray
+    close: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    count: np.ndarray
+    volume: np.ndarray
+    quote_volume: np.ndarray
+    buy_volume: np.ndarray
+    sell_volume: np.ndarray
+    pq: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+    def take(self, order: np.ndarray) -> Partials:
+        """These groups in ``order`` (indices)."""
+        arrays = {f.name: getattr(self, f.name)[order] for f in fields(self)[1:]}
+        return Partials(self.interval_us, **arrays)
+
+
 def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -> pa.Table | None:
     """:func:`bars_sql`'s answer over ``rows`` (trades with at least symbol, exchange,
     timestamp, trade_id, price, quantity, quote_quantity, side), computed with numpy
@@ -179,18 +223,26 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
 
     DuckDB's fixed cost for that query is ~12 ms on this machine even over a few
     thousand rows, most of a one-symbol-day question; this takes ~2.5 ms for 16k rows.
+    ``None`` where :func:`partials_from_rows` or :func:`bars_from_partials` declines:
+    then the caller asks DuckDB.
+    """
+    if rows.num_rows == 0:
+        return (SUMMARY_SCHEMA if summary else BAR_SCHEMA).empty_table()
+    parts = partials_from_rows(rows, interval_us)
+    return None if parts is None else bars_from_partials(parts, summary=summary)
+
+
+def partials_from_rows(rows: pa.Table, interval_us: int) -> Partials | None:
+    """The :class:`Partials` of trade ``rows`` (any order; columns as
+    :func:`bars_from_rows` reads) at ``interval_us``.
+
     Exactness: decimals are integers of 1e-8 units; a sum is taken in int64 only where
-    no run's sum can reach 2**63, else over 21-bit limbs joined as Python integers;
-    Σ price × quantity over limb products (:func:`_product_sums`); nothing is rounded
-    until VWAP, which divides those integers and rounds half-even as the SQL does.
-    ``None`` when a key, price or quantity is null, a price or quantity is negative or
-    beyond int64 units, or a bar has more than :data:`MAX_BAR_ROWS` rows: then the
-    caller asks DuckDB.
+    no group's sum can reach 2**63, else over 21-bit limbs joined as Python integers;
+    Σ price × quantity over limb products (:func:`_product_sums`). ``None`` when a key,
+    price or quantity is null, a price or quantity is negative or beyond int64 units,
+    or a group has more than :data:`MAX_BAR_ROWS` rows.
     """
     n = rows.num_rows
-    schema = SUMMARY_SCHEMA if summary else BAR_SCHEMA
-    if n == 0:
-        return schema.empty_table()
     price = _units(rows.column("price"))
     qty = _units(rows.column("quantity"))
     quote = _units(rows.column("quote_quantity"))
@@ -205,9 +257,15 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
     bucket = ts // interval_us
     # Keys with one value (one symbol, one exchange: the usual question) order nothing.
     groups = [k for k, v in ((ex_rank, ex_values), (sym_rank, sym_values)) if len(v) > 1]
-    if not _ascending([bucket, *groups, ts, ids]):
+    # Rows in bucket-major order need no sorting; nor do rows in key-major order (a
+    # data file sorted by symbol, then time): their groups are contiguous runs too,
+    # and only the groups are put in bucket order at the end.
+    key_major = False
+    if n and not _ascending([bucket, *groups, ts, ids]):
+        key_major = _ascending([*groups, bucket, ts, ids])
+    if n and not key_major and not _ascending([bucket, *groups, ts, ids]):
         order = np.lexsort((ids, ts, sym_rank, ex_rank, bucket))
-        price, qty, quote, ts = price[order], qty[order], quote[order], ts[order]
+        price, qty, quote, ts, ids = price[order], qty[order], quote[order], ts[order], ids[order]
         ex_rank, sym_rank, bucket, side = (
             ex_rank[order],
             sym_rank[order],
@@ -216,44 +274,153 @@ def bars_from_rows(rows: pa.Table, interval_us: int, *, summary: bool = False) -
         )
         groups = [k[order] for k in groups]
     new = np.empty(n, dtype=bool)
-    new[0] = True
+    new[:1] = True
     new[1:] = bucket[1:] != bucket[:-1]
     for key in groups:
         new[1:] |= key[1:] != key[:-1]
     starts = np.flatnonzero(new)
     ends = np.append(starts[1:], n)
     counts = ends - starts
-    most = int(counts.max())
+    most = int(counts.max()) if n else 0
     if most > MAX_BAR_ROWS:
         return None
-    volume = _sums(qty, starts, most)
+    if n == 0:
+        return _empty_partials(interval_us)
+    last = ends - 1
+    parts = Partials(
+        interval_us=interval_us,
+        bucket=bucket[starts],
+        exchange=ex_values[ex_rank[starts]],
+        symbol=sym_values[sym_rank[starts]],
+        first_ts=ts[starts],
+        first_id=ids[starts],
+        open=price[starts],
+        last_ts=ts[last],
+        last_id=ids[last],
+        close=price[last],
+        high=np.maximum.reduceat(price, starts),
+        low=np.minimum.reduceat(price, starts),
+        count=counts.astype(np.int64),
+        volume=_sums(qty, starts, most),
+        quote_volume=_sums(quote, starts, most),
+        buy_volume=_sums(np.where(side == 1, qty, 0), starts, most),
+        sell_volume=_sums(np.where(side == 2, qty, 0), starts, most),
+        pq=_product_sums(price, qty, starts, most),
+    )
+    if key_major:
+        return parts.take(np.lexsort((sym_rank[starts], ex_rank[starts], bucket[starts])))
+    return parts
+
+
+def combine(parts: Sequence[Partials], interval_us: int) -> Partials:
+    """One :class:`Partials` at ``interval_us`` from ``parts`` (each at an interval that
+    divides it, over disjoint sets of trades: the files of a snapshot, say; their
+    groups in any order).
+
+    Groups falling in one bucket join: the open is the one whose first trade comes
+    first by ``(timestamp, trade_id)``, the close the one whose last trade comes last;
+    highs, lows, counts and sums combine as they say. Sums stay exact (Python integers
+    where int64 could overflow)."""
+    for part in parts:
+        if interval_us % part.interval_us:
+            raise ValueError(f"{interval_us} µs is not a multiple of {part.interval_us} µs")
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _empty_partials(interval_us)
+
+    def cat(name: str) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        if any(a.dtype == object for a in arrays):
+            arrays = [a.astype(object) for a in arrays]
+        return np.concatenate(arrays)
+
+    bucket = np.concatenate([p.bucket // (interval_us // p.interval_us) for p in parts])
+    exchange, ex_rank = np.unique(cat("exchange"), return_inverse=True)
+    symbol, sym_rank = np.unique(cat("symbol"), return_inverse=True)
+    first_ts, first_id = cat("first_ts"), cat("first_id")
+    last_ts, last_id = cat("last_ts"), cat("last_id")
+    by_first = np.lexsort((first_id, first_ts, sym_rank, ex_rank, bucket))
+    by_last = np.lexsort((last_id, last_ts, sym_rank, ex_rank, bucket))
+    b, e, y = bucket[by_first], ex_rank[by_first], sym_rank[by_first]
+    new = np.empty(len(b), dtype=bool)
+    new[0] = True
+    new[1:] = (b[1:] != b[:-1]) | (e[1:] != e[:-1]) | (y[1:] != y[:-1])
+    starts = np.flatnonzero(new)
+    # Both orders sort the same groups into the same places; a group's last row in
+    # ``by_last`` holds its close.
+    ends = np.append(starts[1:], len(b)) - 1
+
+    def total(name: str) -> np.ndarray:
+        values = cat(name)[by_first]
+        if values.dtype != object:
+            most = int(np.diff(np.append(starts, len(values))).max())
+            if int(values.max()) * most >= 2**63:
+                values = values.astype(object)
+        out: np.ndarray = np.add.reduceat(values, starts)
+        return out
+
+    return Partials(
+        interval_us=interval_us,
+        bucket=b[starts],
+        exchange=exchange[e[starts]],
+        symbol=symbol[y[starts]],
+        first_ts=first_ts[by_first][starts],
+        first_id=first_id[by_first][starts],
+        open=cat("open")[by_first][starts],
+        last_ts=last_ts[by_last][ends],
+        last_id=last_id[by_last][ends],
+        close=cat("close")[by_last][ends],
+        high=np.maximum.reduceat(cat("high")[by_first], starts),
+        low=np.minimum.reduceat(cat("low")[by_first], starts),
+        count=np.add.reduceat(cat("count")[by_first], starts),
+        volume=total("volume"),
+        quote_volume=total("quote_volume"),
+        buy_volume=total("buy_volume"),
+        sell_volume=total("sell_volume"),
+        pq=total("pq"),
+    )
+
+
+def bars_from_partials(parts: Partials, *, summary: bool = False) -> pa.Table | None:
+    """The bars (:data:`BAR_SCHEMA`, or :data:`SUMMARY_SCHEMA` with ``summary``) that
+    ``parts`` make at their interval, VWAP divided and rounded half-even as
+    :func:`bars_sql` does; ``None`` when a sum exceeds decimal(38,8)."""
+    schema = SUMMARY_SCHEMA if summary else BAR_SCHEMA
+    if len(parts) == 0:
+        return schema.empty_table()
     sums = {
-        "volume": volume,
-        "quote_volume": _sums(quote, starts, most),
-        "buy_volume": _sums(np.where(side == 1, qty, 0), starts, most),
-        "sell_volume": _sums(np.where(side == 2, qty, 0), starts, most),
+        "volume": parts.volume,
+        "quote_volume": parts.quote_volume,
+        "buy_volume": parts.buy_volume,
+        "sell_volume": parts.sell_volume,
     }
     if any(int(np.max(v)) > _DEC38_MAX for v in sums.values()):
         return None
-    vwap = _vwaps(_product_sums(price, qty, starts, most), volume)
-    first = bucket[starts] * interval_us
+    iv = parts.interval_us
+    first = parts.bucket * iv
     columns: dict[str, pa.Array] = {
-        "symbol": pa.array(sym_values[sym_rank[starts]], pa.string()),
-        "exchange": pa.array(ex_values[ex_rank[starts]], pa.string()),
+        "symbol": pa.array(parts.symbol, pa.string()),
+        "exchange": pa.array(parts.exchange, pa.string()),
         "bar_start": pa.array(first, _TS),
-        "bar_end": pa.array(first + interval_us, _TS),
-        "open": _decimal(price[starts], _PRICE),
-        "high": _decimal(np.maximum.reduceat(price, starts), _PRICE),
-        "low": _decimal(np.minimum.reduceat(price, starts), _PRICE),
-        "close": _decimal(price[ends - 1], _PRICE),
-        "vwap": _decimal(vwap, _PRICE),
-        "trade_count": pa.array(counts, pa.int64()),
+        "bar_end": pa.array(first + iv, _TS),
+        "open": _decimal(parts.open, _PRICE),
+        "high": _decimal(parts.high, _PRICE),
+        "low": _decimal(parts.low, _PRICE),
+        "close": _decimal(parts.close, _PRICE),
+        "vwap": _decimal(_vwaps(parts.pq, parts.volume), _PRICE),
+        "trade_count": pa.array(parts.count, pa.int64()),
         **{name: _decimal(values, _SUM) for name, values in sums.items()},
     }
     if summary:
-        columns["first_trade_at"] = pa.array(ts[starts], _TS)
-        columns["last_trade_at"] = pa.array(ts[ends - 1], _TS)
+        columns["first_trade_at"] = pa.array(parts.first_ts, _TS)
+        columns["last_trade_at"] = pa.array(parts.last_ts, _TS)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _empty_partials(interval_us: int) -> Partials:
+    ints = np.zeros(0, dtype=np.int64)
+    text = np.zeros(0, dtype=object)
+    return Partials(interval_us, ints, text, text, *([ints] * 14))
 
 
 def _int64(column: pa.ChunkedArray) -> np.ndarray:

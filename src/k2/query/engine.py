@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from k2.config import QuerySettings, Settings
 from k2.errors import K2Error, TerminalError, TransientError
+from k2.lake.minutes import MINUTE_US, partials_of
 from k2.lake.snapshots import SnapshotInfo
 from k2.lake.tables import NAMESPACE
 from k2.ops.log import get_logger
@@ -76,6 +77,9 @@ _BAR_COLUMNS = ("symbol", "exchange", "timestamp", "trade_id", "price", "quantit
 #: against DuckDB 14 ms at 8k rows, 15 against 21 at 71k, even at 107k, DuckDB ahead
 #: from 160k (28 against 35 ms; 49 against 181 ms at 645k): its two threads win there.
 BARS_DIRECT_MAX_ROWS = 131_072
+#: Minute partials held at most before those read so far are combined (at the bars'
+#: interval) while a bars question reads many files' partials.
+_PARTIALS_HELD = 250_000
 _BAR_INPUT = ("symbol", "exchange", "timestamp", "trade_id", "price", "quantity",
               "quote_quantity", "side", "message_id")  # fmt: skip
 
@@ -548,16 +552,9 @@ class QueryEngine:
                 table, scanned = cached, 0
                 meta_extra["lake_cached"] = True
             else:
-                found = None
-                if src.tail_rows == 0:
-                    # Lake only: its rows straight from the row groups, bars with numpy
-                    # (DuckDB's fixed cost for the bars query is most of a small one).
-                    rows = read_rows(files, flt, _BAR_COLUMNS, self._footers, BARS_DIRECT_MAX_ROWS)
-                    if rows is not None:
-                        found = bars_mod.bars_from_rows(rows, iv, summary=summary)
+                found = self._lake_bars(files, flt, iv, summary) if src.tail_rows == 0 else None
                 if found is not None:
-                    table = found
-                    meta_extra["bars_read"] = "row-groups"
+                    table, meta_extra["bars_read"] = found
                 else:
                     text = f"{bars_mod.bars_sql(src.sql, flt.where(), iv)} LIMIT {cap + 1}"
                     table = bars_mod.conform_bars(conn.sql(text).to_arrow_table(), summary=summary)
@@ -584,6 +581,54 @@ class QueryEngine:
             extra=dict(meta_extra),
         )
         return table, meta
+
+    def _lake_bars(
+        self, files: Sequence[DataFile], flt: RowFilter, iv: int, summary: bool
+    ) -> tuple[pa.Table, str] | None:
+        """Bars of the lake's ``files`` without DuckDB, and how they were read; ``None``
+        when DuckDB must answer.
+
+        Files that carry minute partials (:mod:`k2.lake.minutes`) are answered from
+        them when the interval is whole minutes and the window starts and ends on a
+        minute (a one-symbol day: ~1,440 rows instead of every trade); the others'
+        trades are read from their row groups (at most :data:`BARS_DIRECT_MAX_ROWS`
+        rows; more go to DuckDB: its two threads win there). Both are summarised and
+        combined exactly (:func:`k2.query.bars.combine`)."""
+        minutes = self._settings.minute_partials and _on_minutes(flt, iv)
+        parts: list[bars_mod.Partials] = []
+        rest: list[DataFile] = []
+        pending = 0
+        for f in files:
+            stored = self._footers.minutes(f) if minutes else None
+            part = None if stored is None else partials_of(_minutes_matching(stored, flt))
+            if part is None:
+                rest.append(f)
+                continue
+            parts.append(part)
+            pending += len(part)
+            if pending > _PARTIALS_HELD:  # many files: memory stays ~ the bars' size
+                parts = [bars_mod.combine(parts, iv)]
+                pending = len(parts[0])
+        rows = None
+        if rest:
+            rows = read_rows(rest, flt, _BAR_COLUMNS, self._footers, BARS_DIRECT_MAX_ROWS)
+            if rows is None:
+                return None
+        if not parts:
+            if rows is None:  # no files
+                return (
+                    bars_mod.SUMMARY_SCHEMA if summary else bars_mod.BAR_SCHEMA
+                ).empty_table(), "row-groups"
+            found = bars_mod.bars_from_rows(rows, iv, summary=summary)
+            return None if found is None else (found, "row-groups")
+        if rows is not None:
+            read = bars_mod.partials_from_rows(rows, MINUTE_US)
+            if read is None:
+                return None
+            parts.append(read)
+        found = bars_mod.bars_from_partials(bars_mod.combine(parts, iv), summary=summary)
+        how = "minute-partials" if rows is None else "minute-partials+row-groups"
+        return None if found is None else (found, how)
 
     # -- coverage ------------------------------------------------------------------------
 
@@ -796,3 +841,26 @@ def _damaged_file(
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _on_minutes(flt: RowFilter, iv: int) -> bool:
+    """Whether bars of ``flt`` at ``iv`` can be made of whole minutes."""
+    bounds = (b for b in (flt.start_us, flt.end_us) if b is not None)
+    return iv % MINUTE_US == 0 and flt.after is None and all(b % MINUTE_US == 0 for b in bounds)
+
+
+def _minutes_matching(stored: pa.Table, flt: RowFilter) -> pa.Table:
+    """The rows of a minute partials table about ``flt``'s symbols, exchange and window
+    (whose bounds are whole minutes)."""
+    mask = None
+    if flt.symbols is not None:
+        mask = pc.is_in(stored["symbol"], value_set=pa.array(flt.symbols, pa.string()))
+    if flt.exchange is not None:
+        same = pc.equal(stored["exchange"], flt.exchange)
+        mask = same if mask is None else pc.and_(mask, same)
+    minute = stored["minute"]
+    for op, bound in ((pc.greater_equal, flt.start_us), (pc.less, flt.end_us)):
+        if bound is not None:
+            inside = op(minute, pa.scalar(bound, minute.type))
+            mask = inside if mask is None else pc.and_(mask, inside)
+    return stored if mask is None else stored.filter(mask)

@@ -28,11 +28,14 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from k2.errors import ConfigError, TerminalError
+from k2.ops.log import get_logger
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyiceberg.io import FileIO
     from pyiceberg.table.metadata import TableMetadata
+
+log = get_logger(__name__)
 
 #: Sentinels for a missing timestamp bound (µs): a file without metrics may hold anything.
 TS_MIN = -(2**62)
@@ -396,6 +399,8 @@ class FooterCache:
         self._by_path: OrderedDict[str, tuple[RowGroup, ...]] = OrderedDict()
         # Parquet footers of the files read lately (bigger than the statistics: fewer).
         self._meta: OrderedDict[str, Any] = OrderedDict()
+        self._minutes: OrderedDict[str, pa.Table] = OrderedDict()
+        self._no_minutes: OrderedDict[str, None] = OrderedDict()
 
     def get(self, f: DataFile) -> tuple[RowGroup, ...]:
         """The row groups of ``f``, in file order."""
@@ -464,14 +469,56 @@ class FooterCache:
             arrays[name] = pa.chunked_array([one])
         return pa.table({name: arrays[name] for name in columns})
 
+    def minutes(self, f: DataFile) -> pa.Table | None:
+        """The minute partials stored beside ``f`` (:mod:`k2.lake.minutes`), all rows;
+        ``None`` when it has none (remembered: files never change) or they cannot be
+        read (then the caller reads the trades; a warning names the file). The last
+        :data:`_MINUTES_KEPT` files' partials are kept."""
+        import pyarrow.parquet as pq
+
+        from k2.lake.minutes import minutes_path
+
+        key = f.read_path
+        with self._lock:
+            if key in self._no_minutes:
+                return None
+            hit = self._minutes.get(key)
+            if hit is not None:
+                self._minutes.move_to_end(key)
+                return hit
+        path = minutes_path(key)
+        try:
+            with self._open(path) as source:
+                table = pq.ParquetFile(source).read()
+        except FileNotFoundError:
+            with self._lock:
+                self._no_minutes[key] = None
+                while len(self._no_minutes) > self._max:
+                    self._no_minutes.popitem(last=False)
+            return None
+        except (OSError, ValueError) as err:  # truncated, damaged, storage down
+            log.warning("minute partials unreadable", data_file=f.path, partials=path,
+                        error=str(err))  # fmt: skip
+            return None
+        with self._lock:
+            self._minutes[key] = table
+            while len(self._minutes) > _MINUTES_KEPT:
+                self._minutes.popitem(last=False)
+        return table
+
     @contextmanager
     def _source(self, f: DataFile) -> Iterator[Any]:
         """What pyarrow reads ``f`` from: its path, or a file the opener opens (closed
         after)."""
+        with self._open(f.read_path) as source:
+            yield source
+
+    @contextmanager
+    def _open(self, read_path: str) -> Iterator[Any]:
         if self._opener is None:
-            yield f.read_path
+            yield read_path
             return
-        with self._opener(f.read_path) as source:
+        with self._opener(read_path) as source:
             yield source
 
     def _read_footer(self, f: DataFile) -> tuple[tuple[RowGroup, ...], Any]:
@@ -486,6 +533,8 @@ class FooterCache:
 
 #: Parquet footers :class:`FooterCache` keeps for reading row groups directly.
 _FOOTERS_KEPT = 4_096
+#: Data files whose minute partials :class:`FooterCache` keeps (~100-400 KB each).
+_MINUTES_KEPT = 64
 
 
 def _row_groups(source: Any) -> tuple[tuple[RowGroup, ...], Any]:
