@@ -34,7 +34,7 @@ Stored twice, built once and cached under ``K2_BENCH_DIR`` (default
 - a K2 lake (embedded SQLite catalog, local warehouse): one commit per day of the
   day's trades sorted with :func:`k2.lake.tables.sort_for`, written as compaction
   writes them (:func:`k2.lake.writer.write_partitioned`: K2's encodings, zstd level
-  9, the table's row groups of ≤ 4,096 rows), one Parquet file per
+  9, the table's row groups of ≤ 16,384 rows), one Parquet file per
   ``day × symbol bucket`` partition: the layout of a compacted K2 lake;
 - an ArcticDB library on LMDB, one ArcticDB symbol per market symbol, a DatetimeIndex
   on the trade time (ns, UTC), columns ``trade_id`` (int64), ``price``, ``quantity``,
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
 #: Bump when generation or layout changes: older caches are then rebuilt.
-FORMAT_VERSION = 6
+FORMAT_VERSION = 5
 DEFAULT_TRADES = 100_000_000
 DEFAULT_SEED = 20240301
 DAYS = 30

@@ -139,7 +139,7 @@ def test_row_group_reads_equal_duckdb_on_random_questions(
     windows, limits and orders over several files (two commits of the same day);
     ``coarse``: a few distinct times only, so equal times span row groups and files
     and the order is decided by exchange, symbol and id. ``k2``: files written by K2's
-    writer (4k-row groups, sort order recorded), so one-symbol questions walk a
+    writer (16k-row groups, sort order recorded), so one-symbol questions walk a
     file's groups of the symbol as a chain; ``pyiceberg``: no sort order recorded."""
     import random
 

@@ -18,7 +18,7 @@ timestamp inside each file lets Parquet row-group statistics prune further.
 Writers must sort each batch themselves (pyiceberg 0.12 records the sort order but
 does not apply it): see :func:`sort_for`.
 
-File properties (see :data:`WRITE_PROPERTIES`): zstd, row groups of at most 4,096
+File properties (see :data:`WRITE_PROPERTIES`): zstd, row groups of at most 16,384
 rows, 128 MiB target file size. Codec, measured on 1M realistic trades
 (``benchmarks/datasets.py``: real BTCUSDT prices/sizes/times, 10 symbols), sorted by
 symbol and time, one Parquet file (pyarrow 26):
@@ -35,27 +35,29 @@ snappy        1,048,576   17.4         695 ms
 zstd halves the size against snappy for a small read cost. Row-group size, measured
 on one synthetic day of 3.3M trades over 100 symbols (``benchmarks/query_data.py``'s
 generator, the 100M table's daily volume) written as compaction writes it (K2's
-writer, zstd 9), K2's engine of 2026-12-06 (row groups read straight with pyarrow,
-bars from minute partials, so not row-group bound), 400 random symbols each, asked
-in turns while the other core ran the test suite (p50 / p99):
+writer, zstd 9), K2's engine, 300 random symbols each (p50 / p99):
 
-==========  ===========  ==============  =============================
-row groups  bytes/trade  last 100 trades  a symbol's last 12 minutes
-==========  ===========  ==============  =============================
-16,384      16.94        3.6 / 11.4 ms   5.5 / 14.0 ms
-8,192       17.28        2.9 / 12.6 ms   4.5 / 11.8 ms
-4,096       17.88        2.5 / 10.7 ms   3.7 / 9.9 ms
-==========  ===========  ==============  =============================
+==========  ===========  ==============  ==========================
+row groups  bytes/trade  last 100 trades  1-minute bars, symbol-day
+==========  ===========  ==============  ==========================
+131,072     16.80        8.2 / 17.9 ms   13.4 / 31.6 ms
+32,768      16.89        7.3 / 16.0 ms   12.6 / 27.8 ms
+16,384      16.95        7.3 / 15.0 ms   12.7 / 25.7 ms
+==========  ===========  ==============  ==========================
 
-(An earlier engine, which read through DuckDB, measured 131,072 / 32,768 / 16,384:
-last 100 p99 17.9 / 16.0 / 15.0 ms.) Decoding a group is most of a selective
-question: a 4,096-row group decodes in ~0.3 ms against ~1.5 ms for 16,384, for 5.5%
-more bytes.
+Smaller groups, measured again with the engine of 2026-12-06 (row groups read straight
+with pyarrow, bars from minute partials): on one synthetic day, 4,096-row groups cut
+the last 100 trades p50 from 3.6 to 2.5 ms and a symbol's last 12 minutes from 5.5 to
+3.7 ms, for 5.5% more bytes; but on the 100M benchmark lake rebuilt with them (24,888
+groups instead of 6,710), DuckDB over the same files was twice as slow (the plain
+scan's symbol-day questions p50 ~800 against ~380-450 ms; the trades-only bars p99
+92 against 58-71 ms), and K2's SQL, its bars with the live tail and wide windows read
+through DuckDB. So 16,384 stays.
 
 K2's questions are selective (a symbol, a time range): smaller groups let row-group
-statistics skip more and leave less to decode, for ~5% in size. Sink micro-batches
-write files far below the limits (bucketing spreads a batch over many files), so the
-limits mainly shape compaction's output. A table keeps the properties it was created with; set
+statistics skip more, for under 1% in size. Sink micro-batches write files far below
+the limits (bucketing spreads a batch over many files), so the limits mainly shape
+compaction's output. A table keeps the properties it was created with; set
 ``write.parquet.row-group-limit`` on an older one to change it (compaction then
 rewrites with it).
 """
@@ -86,7 +88,7 @@ GAPS = f"{NAMESPACE}.gaps"
 SYMBOL_BUCKETS = 16
 
 #: Rows per Parquet row group at most (see the module doc for the measurement).
-ROW_GROUP_ROWS = 4_096
+ROW_GROUP_ROWS = 16_384
 
 #: Table properties every K2 table gets.
 WRITE_PROPERTIES: dict[str, str] = {
