@@ -177,17 +177,11 @@ def partials_of(table: pa.Table) -> Partials | None:
 def _wide(column: pa.ChunkedArray) -> np.ndarray | None:
     """A decimal128 column's unscaled values: int64 where every one fits, else Python
     integers (an object array); ``None`` with a null or a negative value."""
+    from k2.query.bars import decimal_words
+
     if column.null_count or not isinstance(column.type, pa.Decimal128Type):
         return None
-    lows, highs = [], []
-    for chunk in column.chunks:
-        n = len(chunk)
-        words = np.frombuffer(chunk.buffers()[1], dtype=np.int64, count=2 * (chunk.offset + n))
-        pairs = words[2 * chunk.offset :].reshape(n, 2)
-        lows.append(pairs[:, 0])
-        highs.append(pairs[:, 1])
-    low = np.concatenate(lows) if lows else np.zeros(0, dtype=np.int64)
-    high = np.concatenate(highs) if highs else np.zeros(0, dtype=np.int64)
+    low, high = decimal_words(column)
     if high.size and int(high.min()) < 0:
         return None
     if not high.any():

@@ -437,18 +437,24 @@ def _units(column: pa.ChunkedArray) -> np.ndarray | None:
     t = column.type
     if not isinstance(t, pa.Decimal128Type) or t.scale != 8 or column.null_count:
         return None
-    parts = []
+    low, high = decimal_words(column)
+    if high.any() or (low.size and int(low.min()) < 0):
+        return None  # a high word or a low one past 2**63: beyond int64 (or negative)
+    return low
+
+
+def decimal_words(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The low and high 64-bit words (as int64) of a decimal128 column's unscaled
+    values, read from its buffers (a null's words are whatever the buffer holds)."""
+    lows, highs = [], []
     for chunk in column.chunks:
         n = len(chunk)
         words = np.frombuffer(chunk.buffers()[1], dtype=np.int64, count=2 * (chunk.offset + n))
         pairs = words[2 * chunk.offset :].reshape(n, 2)
-        if n and pairs[:, 1].any():
-            return None  # a high word: beyond int64 (or negative)
-        parts.append(pairs[:, 0])
-    low = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if low.size and int(low.min()) < 0:
-        return None
-    return low
+        lows.append(pairs[:, 0])
+        highs.append(pairs[:, 1])
+    empty = np.zeros(0, dtype=np.int64)
+    return (np.concatenate(lows) if lows else empty, np.concatenate(highs) if highs else empty)
 
 
 def _ranks(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
