@@ -170,13 +170,13 @@ class QuerySettings(BaseModel):
     sql_timeout_s: float = Field(10.0, gt=0, description="SQL: interrupt a query after this")
     sql_max_rows: int = Field(100_000, ge=1, description="SQL: rows returned at most")
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads per query")
+    duckdb_memory_limit: str = Field("2GB", description="DuckDB memory limit (e.g. 2GB)")
     minute_partials: bool = Field(
         True,
         description="bars: answer from the per-minute summaries stored with each trades "
         "data file K2 wrote, where the interval and window are whole minutes (same "
         "values as from the trades; off: always read the trades)",
     )
-    duckdb_memory_limit: str = Field("2GB", description="DuckDB memory limit (e.g. 2GB)")
     refresh_ms: int = Field(
         250, ge=10, description="how often the engine looks for a new lake snapshot"
     )

@@ -386,7 +386,8 @@ class RowGroup:
 
 
 class FooterCache:
-    """Row-group statistics of data files, read once per file (files are immutable).
+    """Row-group statistics of data files, read once per file (files are immutable),
+    and the minute partials stored beside them (:meth:`minutes`).
 
     ``opener(read_path)`` returns what ``pyarrow.parquet.read_metadata`` accepts (a
     path or an open file). Keeps ``max_files`` files' statistics (LRU). Thread-safe.
