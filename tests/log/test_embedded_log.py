@@ -406,3 +406,33 @@ def test_closed_handles_refuse_work_and_close_twice(tmp_path: Path) -> None:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+def test_opening_tries_again_while_another_process_holds_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting up a connection can meet SQLITE_BUSY without SQLite waiting (another
+    process opening or recovering the file, as a sink starting beside a busy ingest
+    did); opening tries again until the busy timeout is spent, then says so."""
+    from k2.log import embedded_db
+
+    real = embedded_db._open_once
+    attempts: list[float] = []
+
+    def busy_twice(*args: Any) -> Any:
+        attempts.append(0)
+        if len(attempts) < 3:
+            raise embedded_db.LogBusy("open log: locked by another writer (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(embedded_db, "_OPEN_RETRY_S", 0.001)
+    monkeypatch.setattr(embedded_db, "_open_once", busy_twice)
+    embedded_db.open_database(tmp_path, "normal", 5.0).close()
+    assert len(attempts) == 3
+
+    def always_busy(*args: Any) -> Any:
+        raise embedded_db.LogBusy("open log: locked by another writer (simulated)")
+
+    monkeypatch.setattr(embedded_db, "_open_once", always_busy)
+    with pytest.raises(embedded_db.LogBusy):
+        embedded_db.open_database(tmp_path, "normal", 0.05)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,6 +190,26 @@ def open_database(
     """
     if durability not in ("full", "normal"):
         raise ConfigError(f"durability must be 'full' or 'normal', not {durability!r}")
+    # Setting up a connection (WAL mode, the schema) can meet SQLITE_BUSY without
+    # SQLite's busy handler waiting, e.g. while another process opens or recovers
+    # the file: try again until the busy timeout is spent.
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            return _open_once(directory, durability, busy_timeout_s)
+        except LogBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_OPEN_RETRY_S)
+
+
+#: Pause between attempts to open a log file another process holds locked.
+_OPEN_RETRY_S = 0.05
+
+
+def _open_once(
+    directory: Path, durability: Durability, busy_timeout_s: float
+) -> sqlite3.Connection:
     path = directory / DB_FILE
     with translated(path, "open log"):
         try:
