@@ -260,10 +260,9 @@ def partials_from_rows(rows: pa.Table, interval_us: int) -> Partials | None:
     # Rows in bucket-major order need no sorting; nor do rows in key-major order (a
     # data file sorted by symbol, then time): their groups are contiguous runs too,
     # and only the groups are put in bucket order at the end.
-    key_major = False
-    if n and not _ascending([bucket, *groups, ts, ids]):
-        key_major = _ascending([*groups, bucket, ts, ids])
-    if n and not key_major and not _ascending([bucket, *groups, ts, ids]):
+    in_buckets = n == 0 or _ascending([bucket, *groups, ts, ids])
+    key_major = not in_buckets and _ascending([*groups, bucket, ts, ids])
+    if not in_buckets and not key_major:
         order = np.lexsort((ids, ts, sym_rank, ex_rank, bucket))
         price, qty, quote, ts, ids = price[order], qty[order], quote[order], ts[order], ids[order]
         ex_rank, sym_rank, bucket, side = (
