@@ -125,8 +125,22 @@ def test_a_full_log_disk_stops_the_ingest_clearly_and_loses_nothing(
         holes = {s: set(range(min(ids), max(ids) + 1)) - set(ids) for s, ids in before.items()}
         assert sum(map(len, holes.values())) <= 0.01 * acknowledged, holes
 
-        again = k2(["ingest", "--max-seconds", "8"], env, second)
+        # The restarted capture runs until it has delivered 1,000 trades of its own (its
+        # status file, identified by its pid, says so), however slowly it starts, and is
+        # then stopped as an operator would; it must stop cleanly.
+        again = k2(["ingest"], env, second)
+
+        def delivered_again() -> int:
+            mine = read_json(status)
+            if mine.get("pid") != again.pid:
+                return 0
+            return int(mine.get("stats", {}).get("trades") or 0)
+
         try:
+            until(lambda: delivered_again() >= 1000 or again.poll() is not None,
+                  "the restarted ingest to deliver 1,000 trades", 90)  # fmt: skip
+            assert again.poll() is None, tail(second)
+            again.terminate()
             assert again.wait(90) == 0, tail(second)
         finally:
             if again.poll() is None:
