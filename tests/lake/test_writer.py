@@ -175,3 +175,31 @@ def test_trade_files_carry_their_minute_partials(tmp_path: Path) -> None:
     (unheld,) = write_partitioned(table, odd, prefix="t")
     path = unheld.file_path.removeprefix("file://")
     assert Path(path).is_file() and not Path(minutes_path(path)).exists()
+
+
+def test_files_say_when_their_message_ids_can_be_built(tmp_path: Path) -> None:
+    """The footer names the native id column only when every row's message_id is
+    ``exchange:SYMBOL:trade_id``; an archive's own ids (``...:agg:<id>``) or one wrong
+    row leave it out. Decimals are stored as delta-packed integers."""
+    import pyarrow.parquet as pq
+
+    from k2.lake import message_ids
+
+    table = ensure_tables(catalog_from(LakeSettings(), tmp_path))["trades"]
+    rows = pa.Table.from_batches([make_trades("BTCUSDT", 7, 40)]).cast(TRADE.arrow_schema())
+
+    def footer(data: pa.Table) -> dict[bytes, bytes]:
+        (f,) = write_partitioned(table, data, prefix="t")
+        meta = pq.read_metadata(f.file_path.removeprefix("file://"))
+        price = meta.row_group(0).column(meta.schema.names.index("price"))
+        assert price.physical_type == "INT64" and "DELTA_BINARY_PACKED" in price.encodings
+        return dict(meta.metadata or {})
+
+    assert footer(rows).get(message_ids.FOOTER_KEY) == b"trade_id"
+    ids = rows.column("message_id").to_pylist()
+    column = rows.schema.get_field_index("message_id")
+    agg = [i.replace("BTCUSDT:", "BTCUSDT:agg:") for i in ids]
+    one_off = [*ids[:-1], ids[-1] + "0"]
+    for other in (agg, one_off):
+        changed = rows.set_column(column, "message_id", pa.array(other, pa.string()))
+        assert message_ids.FOOTER_KEY not in footer(changed)

@@ -143,6 +143,9 @@ def test_row_group_reads_equal_duckdb_on_random_questions(
     file's groups of the symbol as a chain; ``pyiceberg``: no sort order recorded."""
     import random
 
+    import pyarrow.parquet as pq
+
+    from k2.lake import message_ids
     from k2.lake.writer import append_partitioned
 
     table, keys = big
@@ -171,6 +174,10 @@ def test_row_group_reads_equal_duckdb_on_random_questions(
     index = FileIndexer().index(trades.metadata, trades.io, snap.snapshot_id)
     assert len(index.files) == 2
     assert all(f.symbol_sorted == (writer == "k2") for f in index.files)
+    # K2's files say their message ids can be built (the row-group way then builds
+    # them rather than decoding them; the comparison with DuckDB's below checks them).
+    footers = [pq.read_metadata(f.read_path).metadata or {} for f in index.files]
+    assert all((message_ids.FOOTER_KEY in m) == (writer == "k2") for m in footers)
     rng = random.Random(5)
     names = sorted({k[2] for k in keys})
     for _ in range(40):
@@ -263,3 +270,37 @@ def test_row_group_reads_skip_constant_columns_and_keep_values(tmp_path: Any) ->
         assert pa.types.is_dictionary(got.schema.field("exchange").type)
         want = plain.read_row_group(i, columns=columns)
         assert scan.conform(got, "trades", columns).equals(scan.conform(want, "trades", columns))
+
+
+def test_rows_read_from_groups_build_the_message_ids_stored(
+    lake: Lake, big: tuple[pa.Table, list[tuple[int, str, str, int]]]
+) -> None:
+    """``read_rows`` over a K2-written file (its footer: ids buildable) returns every
+    column as stored, message ids included, though it never decodes them; the group
+    read alone lacks them and says how to build them."""
+    import pyarrow.parquet as pq
+
+    from k2.lake import message_ids
+    from k2.lake.writer import append_partitioned
+    from k2.query.files import FooterCache
+
+    table, _ = big
+    trades = lake.tables["trades"]
+    append_partitioned(trades, table, prefix="test")
+    snap = trades.refresh().current_snapshot()
+    assert snap is not None
+    (f,) = FileIndexer().index(trades.metadata, trades.io, snap.snapshot_id).files
+    footers = FooterCache()
+    columns = list(TRADE.arrow_schema().names)
+    group = footers.read_group(f, 1, columns)
+    assert group is not None and "message_id" not in group.column_names
+    assert message_ids.rule(group.schema.metadata) == "trade_id"
+    flt = RowFilter("trades", ("XRPUSDT",), start_us=T0 + DAY // 3, end_us=T0 + DAY // 2)
+    got = scan.read_rows([f], flt, columns, footers, max_rows=1_000_000)
+    assert got is not None and got.num_rows > 1_000
+    stored = pq.read_table(f.read_path).filter(
+        (pc.field("symbol") == "XRPUSDT")
+        & (pc.field("timestamp") >= pa.scalar(T0 + DAY // 3, pa.timestamp("us", tz="UTC")))
+        & (pc.field("timestamp") < pa.scalar(T0 + DAY // 2, pa.timestamp("us", tz="UTC")))
+    )
+    assert scan.conform(got, "trades", columns).equals(scan.conform(stored, "trades", columns))

@@ -42,6 +42,8 @@ SMALL_ZSTD_LEVEL = 9
 ROWS_PER_FILE = 8_000_000
 
 _DELTA_INT = "DELTA_BINARY_PACKED"
+#: Decimals of at most this many digits are stored as 64-bit integers.
+_INT64_DIGITS = 18
 #: Strings unique per row: a dictionary would only grow; they share long prefixes.
 _UNIQUE_STRINGS = frozenset({"message_id"})
 
@@ -50,13 +52,17 @@ def column_encodings(schema: pa.Schema) -> tuple[list[str], dict[str, str]]:
     """(columns to dictionary-encode, explicit encodings of the others) for ``schema``.
 
     Integers and timestamps: delta binary packed. Unique strings: delta byte array.
-    Other strings (exchange, symbol, side ...): dictionary. Decimals and booleans:
-    plain (decimals stored as integers).
+    Other strings (exchange, symbol, side ...): dictionary. Decimals of up to 18
+    digits are stored as integers and delta-packed too (a price moves by a few ticks
+    between trades; for the benchmark's trades, measured on one 400k-row file: 4%
+    smaller than plain and zstd, row groups decoded 11% faster by pyarrow, decimal sums
+    45% faster in DuckDB). Wider decimals (fixed-length bytes) and booleans: plain.
     """
     dictionary: list[str] = []
     encodings: dict[str, str] = {}
     for f in schema:
-        if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type):
+        stored_as_int64 = pa.types.is_decimal(f.type) and f.type.precision <= _INT64_DIGITS
+        if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type) or stored_as_int64:
             encodings[f.name] = _DELTA_INT
         elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             if f.name in _UNIQUE_STRINGS:
@@ -281,7 +287,7 @@ def _write_one(
     )
     from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 
-    from k2.lake import minutes
+    from k2.lake import message_ids, minutes
 
     metadata = table.metadata
     schema = metadata.schema()
@@ -293,6 +299,8 @@ def _write_one(
         # partials file, never a data file with wrong ones).
         minutes.write_minutes(table.io, path, data)
     row_groups = int(metadata.properties.get("write.parquet.row-group-limit", str(ROW_GROUP_ROWS)))
+    # Whether readers may build message ids rather than decode them (k2.lake.message_ids).
+    derived = message_ids.derived_by(data)
     output = table.io.new_output(path)
     with output.create(overwrite=False) as stream:
         writer = pq.ParquetWriter(
@@ -307,6 +315,8 @@ def _write_one(
         )
         with writer:
             writer.write_table(data, row_group_size=row_groups)
+            if derived is not None:
+                writer.add_key_value_metadata({message_ids.FOOTER_KEY: derived.encode()})
         parquet_meta = writer.writer.metadata
     stats = data_file_statistics_from_parquet_metadata(
         parquet_metadata=parquet_meta,

@@ -428,6 +428,11 @@ class FooterCache:
         selecting rows, which is cheaper than casting the group. Most of a small
         group's read is per-column cost, and K2's trades have four constant string
         columns per group (exchange, asset class, currency, vendor data).
+
+        In a file whose footer says its message ids are ``exchange:SYMBOL:<id>``
+        (:mod:`k2.lake.message_ids`), ``message_id`` is not read either: the table
+        lacks it, carries the rule in its schema metadata and has the parts; call
+        :func:`k2.lake.message_ids.complete` once rows are selected.
         """
         return self.read_groups(f, (group,), columns)
 
@@ -440,6 +445,8 @@ class FooterCache:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from k2.lake import message_ids
+
         with self._lock:
             meta = self._meta.get(f.read_path)
             if meta is not None:
@@ -448,6 +455,11 @@ class FooterCache:
             meta = self._read_footer(f)[1]
         if not set(columns) <= set(meta.schema.names):
             return None
+        native = message_ids.rule(meta.metadata) if message_ids.COLUMN in columns else None
+        if native is not None:
+            # Built later for the rows kept (message_ids.complete), not decoded here.
+            kept = [c for c in columns if c != message_ids.COLUMN]
+            columns = kept + [c for c in (native, "exchange", "symbol") if c not in kept]
         stats = [self.get(f)[g] for g in groups]
         constants = {name: value for name, value in stats[0].constants if name in columns}
         dictionaries = set(stats[0].dictionaries)
@@ -460,15 +472,17 @@ class FooterCache:
         with self._source(f) as source:
             parquet = pq.ParquetFile(source, metadata=meta, read_dictionary=read_dictionary)
             table = parquet.read_row_groups(list(groups), columns=wanted)
-        if not constants:
-            return table
-        rows = table.num_rows
-        zeros = pa.array(np.zeros(rows, dtype=np.int32))
-        arrays = {name: table.column(name) for name in wanted}
-        for name, value in constants.items():
-            one = pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string()))
-            arrays[name] = pa.chunked_array([one])
-        return pa.table({name: arrays[name] for name in columns})
+        if constants:
+            rows = table.num_rows
+            zeros = pa.array(np.zeros(rows, dtype=np.int32))
+            arrays = {name: table.column(name) for name in wanted}
+            for name, value in constants.items():
+                one = pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string()))
+                arrays[name] = pa.chunked_array([one])
+            table = pa.table({name: arrays[name] for name in columns})
+        if native is not None:
+            table = table.replace_schema_metadata({message_ids.FOOTER_KEY: native.encode()})
+        return table
 
     def minutes(self, f: DataFile) -> pa.Table | None:
         """The minute partials stored beside ``f`` (:mod:`k2.lake.minutes`), all rows;

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.lake import message_ids
 from k2.query.base import DataType, QueryError
 from k2.query.files import TS_MAX, TS_MIN, DataFile, FooterCache, RowGroup
 from k2.records import QUOTE, TRADE
@@ -382,7 +383,7 @@ def _read_top_groups(
         part = _edge(part, n, desc)
         if part.num_rows == 0:
             continue
-        part = conform(part, flt.data_type, read)
+        part = conform(message_ids.complete(part, read), flt.data_type, read)
         got = part if got is None else pa.concat_tables([got, part])
         got = sort_rows(got, flt.data_type, order).slice(0, n)
     if got is None:
@@ -461,7 +462,7 @@ def read_rows(
             return None
         part = filtered(part, flt, _spanning(stats))
         if part.num_rows:
-            parts.append(_typed(part, out_schema))
+            parts.append(_typed(message_ids.complete(part, columns), out_schema))
     return pa.Table.from_batches([], schema=out_schema) if not parts else pa.concat_tables(parts)
 
 
