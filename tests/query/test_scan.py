@@ -304,3 +304,32 @@ def test_rows_read_from_groups_build_the_message_ids_stored(
         & (pc.field("timestamp") < pa.scalar(T0 + DAY // 2, pa.timestamp("us", tz="UTC")))
     )
     assert scan.conform(got, "trades", columns).equals(scan.conform(stored, "trades", columns))
+
+
+def test_the_refresh_thread_reads_the_newest_footers_ahead(
+    make_engine: EngineFactory, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a question asked, an engine refreshing in the background reads the
+    footers of the newest data files (at most ``READ_AHEAD_FILES``), so "the last N"
+    does not pay for them; older files are left for the questions that need them."""
+    from k2.query import engine as engine_module
+    from tests.query.engine_kit import append_by_day, market
+    from tests.waiting import until
+
+    append_by_day(lake.tables["trades"], market(days=3, symbols=("BTCUSDT",)))
+    trades = lake.tables["trades"].refresh()
+    snap = trades.current_snapshot()
+    assert snap is not None
+    files = FileIndexer().index(trades.metadata, trades.io, snap.snapshot_id).files
+    assert len(files) == 3  # one a day
+    newest = sorted(files, key=lambda f: f.ts_hi or 0)
+    monkeypatch.setattr(engine_module, "READ_AHEAD_FILES", 2)
+    engine = make_engine(background_refresh=True)
+    footers = engine._footers
+
+    def held() -> set[str]:
+        with footers._lock:  # the refresh thread adds to it
+            return set(footers._by_path)
+
+    until(lambda: {f.read_path for f in newest[1:]} <= held(), "the newest footers", 30)
+    assert newest[0].read_path not in held()

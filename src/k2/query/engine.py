@@ -39,7 +39,14 @@ from k2.query import sql as sql_mod
 from k2.query.base import DataType, QueryError, QueryMeta, QueryResult, Tail, TailView
 from k2.query.cache import SnapshotCache, table_rows
 from k2.query.coverage import CoverageCache, add_coverage, coverage_table, rows_coverage
-from k2.query.files import DataFile, FooterCache, SnapshotIndex, duckdb_filesystem, read_path
+from k2.query.files import (
+    TS_MIN,
+    DataFile,
+    FooterCache,
+    SnapshotIndex,
+    duckdb_filesystem,
+    read_path,
+)
 from k2.query.hybrid import (
     SOURCE_COLUMN,
     clean_tail,
@@ -77,6 +84,9 @@ _BAR_COLUMNS = ("symbol", "exchange", "timestamp", "trade_id", "price", "quantit
 #: against DuckDB 14 ms at 8k rows, 15 against 21 at 71k, even at 107k, DuckDB ahead
 #: from 160k (28 against 35 ms; 49 against 181 ms at 645k): its two threads win there.
 BARS_DIRECT_MAX_ROWS = 131_072
+#: Data files whose footers the refresh thread reads ahead, newest first: with 16
+#: symbol buckets, a day of files of each bucket several times over.
+READ_AHEAD_FILES = 128
 #: Minute partials held at most before those read so far are combined (at the bars'
 #: interval) while a bars question reads many files' partials.
 _PARTIALS_HELD = 250_000
@@ -128,6 +138,7 @@ class QueryEngine:
                 namespace,
                 self._settings,
                 on_load=lambda s: self._book.set_reference(s.tables["reference_data"]),
+                on_index=self._read_ahead,
                 background=background_refresh,
             )
         except BaseException:
@@ -741,6 +752,19 @@ class QueryEngine:
             sandbox, self._settings, text, views, timeout_s=timeout_s, max_rows=max_rows
         )
 
+    def _read_ahead(self, data_type: DataType, index: SnapshotIndex) -> None:
+        """Read the footers of the :data:`READ_AHEAD_FILES` newest data files of
+        ``index`` (row-group statistics, on the refresh thread): "the last N trades"
+        and live windows read those files, and a footer not yet read costs the query
+        that needs it ~1 ms more (the benchmark's slowest last-100 answers were those)."""
+        newest = sorted(
+            index.files, key=lambda f: TS_MIN if f.ts_hi is None else f.ts_hi, reverse=True
+        )
+        for f in newest[:READ_AHEAD_FILES]:
+            if self._closed:
+                return
+            self._footers.get(f)
+
     def close(self) -> None:
         """Stop refreshing and release DuckDB. Idempotent."""
         if self._closed:
@@ -748,6 +772,7 @@ class QueryEngine:
         self._closed = True
         self._lake.close()
         self._sandboxes.close()
+        self._footers.close()
         with self._lock:
             for cur in self._cursors:
                 cur.close()

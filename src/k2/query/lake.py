@@ -56,7 +56,9 @@ class LakeTables:
     """Loads and refreshes K2's tables in ``namespace``; resolves snapshots to indexes.
 
     ``on_load`` is called with every newly loaded state (before queries see it), from
-    the refreshing thread. Thread-safe.
+    the refreshing thread; ``on_index`` with the index of each data type's current
+    snapshot, from the background thread only (when it starts and after each refresh),
+    to read ahead what queries will need. Thread-safe.
     """
 
     def __init__(
@@ -66,12 +68,14 @@ class LakeTables:
         settings: QuerySettings,
         *,
         on_load: Callable[[LakeState], None] = lambda _: None,
+        on_index: Callable[[DataType, SnapshotIndex], None] = lambda *_: None,
         background: bool = True,
     ) -> None:
         self._catalog = catalog
         self._namespace = namespace
         self._settings = settings
         self._on_load = on_load
+        self._on_index = on_index
         self._indexer = FileIndexer()
         self._lock = threading.Lock()
         try:
@@ -201,11 +205,24 @@ class LakeTables:
 
     def _loop(self) -> None:
         interval = self._settings.refresh_ms / 1000
+        self._indexed()
         while not self._stop.wait(interval):
             try:
                 self.refresh()
             except Exception as exc:  # keep serving the last good state; say why
                 log.warning("query_refresh_failed", error=repr(exc))
+            self._indexed()
+
+    def _indexed(self) -> None:
+        """Hand the current snapshots' indexes to ``on_index`` (background only)."""
+        for data_type in ("trades", "quotes"):
+            if self._stop.is_set():
+                return
+            try:
+                _, index = self.current(data_type)
+                self._on_index(data_type, index)
+            except Exception as exc:  # a failed read-ahead costs a later query the read
+                log.warning("query_index_hook_failed", data_type=data_type, error=repr(exc))
 
 
 def unknown_snapshot(data_type: str, detail: str) -> QueryError:
