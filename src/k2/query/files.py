@@ -145,8 +145,11 @@ class SnapshotIndex:
         keep = np.ones(len(self.files), dtype=bool)
         wanted = None if symbols is None else sorted(set(symbols))
         if wanted is not None:
-            buckets = np.array([symbol_bucket(s) for s in wanted], dtype=np.int64)
-            keep &= (self._bucket < 0) | np.isin(self._bucket, buckets)
+            buckets = [symbol_bucket(s) for s in wanted]
+            if len(buckets) == 1:
+                keep &= (self._bucket < 0) | (self._bucket == buckets[0])
+            else:
+                keep &= (self._bucket < 0) | np.isin(self._bucket, buckets)
         if start_us is not None:
             keep &= self._ts_hi >= start_us
         if end_us is not None:

@@ -199,7 +199,10 @@ def conform(table: pa.Table, data_type: DataType, columns: Sequence[str]) -> pa.
     """``table``'s ``columns`` with the canonical types, names and field docs."""
     schema = SCHEMAS[data_type]
     fields = [schema.field(c) for c in columns]
-    arrays = [table.column(c).cast(f.type) for c, f in zip(columns, fields, strict=True)]
+    arrays = []
+    for c, f in zip(columns, fields, strict=True):
+        column = table.column(c)
+        arrays.append(column if column.type == f.type else column.cast(f.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 
 
