@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
 #: Bump when generation or layout changes: older caches are then rebuilt.
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 DEFAULT_TRADES = 100_000_000
 DEFAULT_SEED = 20240301
 DAYS = 30

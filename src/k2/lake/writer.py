@@ -42,8 +42,6 @@ SMALL_ZSTD_LEVEL = 9
 ROWS_PER_FILE = 8_000_000
 
 _DELTA_INT = "DELTA_BINARY_PACKED"
-#: Decimals of at most this many digits are stored as 64-bit integers.
-_INT64_DIGITS = 18
 #: Strings unique per row: a dictionary would only grow; they share long prefixes.
 _UNIQUE_STRINGS = frozenset({"message_id"})
 
@@ -52,17 +50,16 @@ def column_encodings(schema: pa.Schema) -> tuple[list[str], dict[str, str]]:
     """(columns to dictionary-encode, explicit encodings of the others) for ``schema``.
 
     Integers and timestamps: delta binary packed. Unique strings: delta byte array.
-    Other strings (exchange, symbol, side ...): dictionary. Decimals of up to 18
-    digits are stored as integers and delta-packed too (a price moves by a few ticks
-    between trades; for the benchmark's trades, measured on one 400k-row file: 4%
-    smaller than plain and zstd, row groups decoded 11% faster by pyarrow, decimal sums
-    45% faster in DuckDB). Wider decimals (fixed-length bytes) and booleans: plain.
+    Other strings (exchange, symbol, side ...): dictionary. Decimals (stored as
+    integers) and booleans: plain. Delta-packed decimals decode faster (a 16k-row group
+    of trades ~0.35 ms sooner) but were larger: +6.5% for the real BTCUSDT capture's
+    trades, +4.4% for the query benchmark's 100M (zstd finds repeated prices and round
+    sizes better in plain values); the lake keeps the smaller files.
     """
     dictionary: list[str] = []
     encodings: dict[str, str] = {}
     for f in schema:
-        stored_as_int64 = pa.types.is_decimal(f.type) and f.type.precision <= _INT64_DIGITS
-        if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type) or stored_as_int64:
+        if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type):
             encodings[f.name] = _DELTA_INT
         elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             if f.name in _UNIQUE_STRINGS:
