@@ -463,13 +463,14 @@ class FooterCache:
             # Built later for the rows kept (message_ids.complete), not decoded here.
             kept = [c for c in columns if c != message_ids.COLUMN]
             columns = kept + [c for c in (native, "exchange", "symbol") if c not in kept]
-        stats = [self.get(f)[g] for g in groups]
+        in_file = self.get(f)
+        stats = [in_file[g] for g in groups]
         constants = {name: value for name, value in stats[0].constants if name in columns}
         for other in stats[1:]:
             theirs = dict(other.constants)
             constants = {k: v for k, v in constants.items() if theirs.get(k) == v}
         wanted = [c for c in columns if c not in constants]
-        read_dictionary = sorted(_dictionary_columns(self.get(f)))
+        read_dictionary = sorted(_dictionary_columns(in_file))
         with self._parquet(f, meta, read_dictionary) as parquet:
             table = parquet.read_row_groups(list(groups), columns=wanted)
         if constants:
