@@ -415,7 +415,8 @@ def _build(
         tick = time.perf_counter()
         # One day's sorted trades as compaction would leave them, in one fast append.
         day_rows = sort_for(TABLE_DEFS["trades"], data)
-        append_partitioned(table, day_rows, prefix="bench", zstd_level=SMALL_ZSTD_LEVEL, threads=2)
+        append_partitioned(table, day_rows, prefix="bench", zstd_level=SMALL_ZSTD_LEVEL,
+                           threads=2, message_id_rule=True)  # fmt: skip
         lake_s += time.perf_counter() - tick
         if library is None:
             continue

@@ -71,6 +71,13 @@ def test_compaction_rewrites_small_files_sorted_in_one_commit(catalog: Catalog) 
     assert table.scan(row_filter="trade_id >= 55").to_arrow().num_rows == 6
     (task,) = table.scan().plan_files()
     assert task.file.record_count == 60 and task.file.lower_bounds and task.file.upper_bounds
+    # Compaction checks the message ids: K2's engine may build them (k2.lake.message_ids).
+    import pyarrow.parquet as pq
+
+    from k2.lake import message_ids
+
+    footer = pq.read_metadata(task.file.file_path.removeprefix("file://")).metadata or {}
+    assert footer.get(message_ids.FOOTER_KEY) == b"trade_id"
 
 
 def test_compaction_while_appends_run_loses_nothing(catalog: Catalog) -> None:

@@ -178,9 +178,9 @@ def test_trade_files_carry_their_minute_partials(tmp_path: Path) -> None:
 
 
 def test_files_say_when_their_message_ids_can_be_built(tmp_path: Path) -> None:
-    """The footer names the native id column only when every row's message_id is
-    ``exchange:SYMBOL:trade_id``; an archive's own ids (``...:agg:<id>``) or one wrong
-    row leave it out."""
+    """Asked to (compaction), the footer names the native id column only when every
+    row's message_id is ``exchange:SYMBOL:trade_id``; an archive's own ids
+    (``...:agg:<id>``) or one wrong row leave it out."""
     import pyarrow.parquet as pq
 
     from k2.lake import message_ids
@@ -189,10 +189,11 @@ def test_files_say_when_their_message_ids_can_be_built(tmp_path: Path) -> None:
     rows = pa.Table.from_batches([make_trades("BTCUSDT", 7, 40)]).cast(TRADE.arrow_schema())
 
     def footer(data: pa.Table) -> dict[bytes, bytes]:
-        (f,) = write_partitioned(table, data, prefix="t")
+        (f,) = write_partitioned(table, data, prefix="t", message_id_rule=rule)
         meta = pq.read_metadata(f.file_path.removeprefix("file://"))
         return dict(meta.metadata or {})
 
+    rule = True
     assert footer(rows).get(message_ids.FOOTER_KEY) == b"trade_id"
     ids = rows.column("message_id").to_pylist()
     column = rows.schema.get_field_index("message_id")
@@ -201,3 +202,5 @@ def test_files_say_when_their_message_ids_can_be_built(tmp_path: Path) -> None:
     for other in (agg, one_off):
         changed = rows.set_column(column, "message_id", pa.array(other, pa.string()))
         assert message_ids.FOOTER_KEY not in footer(changed)
+    rule = False  # the import path does not check: no rule, whatever the ids
+    assert message_ids.FOOTER_KEY not in footer(rows)

@@ -164,7 +164,7 @@ def test_row_group_reads_equal_duckdb_on_random_questions(
     half = table.num_rows // 2
     for part in (table.slice(0, half), table.slice(half)):
         if writer == "k2":
-            append_partitioned(lake.tables["trades"], part, prefix="test")
+            append_partitioned(lake.tables["trades"], part, prefix="test", message_id_rule=True)
         else:
             append(lake.tables["trades"], part)
     engine = make_engine(cache_rows=0)
@@ -286,7 +286,7 @@ def test_rows_read_from_groups_build_the_message_ids_stored(
 
     table, _ = big
     trades = lake.tables["trades"]
-    append_partitioned(trades, table, prefix="test")
+    append_partitioned(trades, table, prefix="test", message_id_rule=True)
     snap = trades.refresh().current_snapshot()
     assert snap is not None
     (f,) = FileIndexer().index(trades.metadata, trades.io, snap.snapshot_id).files

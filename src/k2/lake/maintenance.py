@@ -162,7 +162,8 @@ def _compact_once(table: Table, small_file_bytes: int, min_files: int) -> Compac
             new.extend(
                 write_files(table, data, partition=like.partition, spec_id=like.spec_id,
                             prefix="compacted", zstd_level=SMALL_ZSTD_LEVEL,
-                            write_uuid=uuid.uuid5(write_uuid, _partition_key(like)))
+                            write_uuid=uuid.uuid5(write_uuid, _partition_key(like)),
+                            message_id_rule=True)
             )  # fmt: skip
         else:  # an older partition spec: let pyiceberg re-partition under the current one
             new.extend(_dataframe_to_data_files(metadata, data, table.io, write_uuid=write_uuid))

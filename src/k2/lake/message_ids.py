@@ -2,9 +2,9 @@
 
 A canonical record's ``message_id`` is its exchange, symbol and native id joined by
 colons (``trade_id`` for trades, ``update_id`` for quotes), except where a source mints
-its own (an aggTrades archive's ``binance:SYMBOL:agg:<id>``). K2's writer checks every
-row of a data file; when each ``message_id`` is that join, it records the native id
-column in the file's Parquet footer under :data:`FOOTER_KEY`.
+its own (an aggTrades archive's ``binance:SYMBOL:agg:<id>``). When compacting, K2's
+writer checks every row of a data file; when each ``message_id`` is that join, it
+records the native id column in the file's Parquet footer under :data:`FOOTER_KEY`.
 
 The column is still stored in full: DuckDB, Spark or pyiceberg read it as always. K2's
 own row-group reader (:meth:`k2.query.files.FooterCache.read_groups`) skips it in such
