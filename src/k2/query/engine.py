@@ -756,7 +756,7 @@ class QueryEngine:
         """Read the footers of the :data:`READ_AHEAD_FILES` newest data files of
         ``index`` (row-group statistics, on the refresh thread): "the last N trades"
         and live windows read those files, and a footer not yet read costs the query
-        that needs it ~1 ms more (the benchmark's slowest last-100 answers were those)."""
+        that needs it ~0.5–1 ms more (reading it and its row groups' statistics)."""
         newest = sorted(
             index.files, key=lambda f: TS_MIN if f.ts_hi is None else f.ts_hi, reverse=True
         )
