@@ -92,8 +92,12 @@ def test_a_full_log_disk_stops_the_ingest_clearly_and_loses_nothing(
     status = data_dir / "run" / "ingest.json"
     first, second = tmp_path / "ingest-1.out", tmp_path / "ingest-2.out"
 
-    def delivered() -> int:
-        return int(read_json(status).get("stats", {}).get("trades") or 0)
+    def delivered(pid: int | None = None) -> int:
+        """Trades the ingest's status says it delivered (0 if written by another pid)."""
+        mine = read_json(status)
+        if pid is not None and mine.get("pid") != pid:
+            return 0
+        return int(mine.get("stats", {}).get("trades") or 0)
 
     with exchange("--drop", "0.002", rate=600, seed=3) as port:
         env = k2_env(data_dir, port, K2_LOG__PATH=str(log_dir))
@@ -129,15 +133,8 @@ def test_a_full_log_disk_stops_the_ingest_clearly_and_loses_nothing(
         # status file, identified by its pid, says so), however slowly it starts, and is
         # then stopped as an operator would; it must stop cleanly.
         again = k2(["ingest"], env, second)
-
-        def delivered_again() -> int:
-            mine = read_json(status)
-            if mine.get("pid") != again.pid:
-                return 0
-            return int(mine.get("stats", {}).get("trades") or 0)
-
         try:
-            until(lambda: delivered_again() >= 1000 or again.poll() is not None,
+            until(lambda: delivered(again.pid) >= 1000 or again.poll() is not None,
                   "the restarted ingest to deliver 1,000 trades", 90)  # fmt: skip
             assert again.poll() is None, tail(second)
             again.terminate()

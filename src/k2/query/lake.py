@@ -76,6 +76,8 @@ class LakeTables:
         self._settings = settings
         self._on_load = on_load
         self._on_index = on_index
+        # The snapshot whose index on_index last had, per data type (background only).
+        self._handed: dict[str, int | None] = {}
         self._indexer = FileIndexer()
         self._lock = threading.Lock()
         try:
@@ -214,15 +216,23 @@ class LakeTables:
             self._indexed()
 
     def _indexed(self) -> None:
-        """Hand the current snapshots' indexes to ``on_index`` (background only)."""
+        """Hand each data type's current index to ``on_index`` once per snapshot
+        (background only; a refresh that found no new snapshot hands nothing)."""
         for data_type in ("trades", "quotes"):
             if self._stop.is_set():
                 return
             try:
                 _, index = self.current(data_type)
+                if self._handed.get(data_type, _NONE) == index.snapshot_id:
+                    continue
                 self._on_index(data_type, index)
+                self._handed[data_type] = index.snapshot_id
             except Exception as exc:  # a failed read-ahead costs a later query the read
                 log.warning("query_index_hook_failed", data_type=data_type, error=repr(exc))
+
+
+#: Not a snapshot id (None is one: the empty table).
+_NONE = object()
 
 
 def unknown_snapshot(data_type: str, detail: str) -> QueryError:
