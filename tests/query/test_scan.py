@@ -333,3 +333,31 @@ def test_the_refresh_thread_reads_the_newest_footers_ahead(
 
     until(lambda: {f.read_path for f in newest[1:]} <= held(), "the newest footers", 30)
     assert newest[0].read_path not in held()
+
+
+def test_the_refresh_thread_waits_for_start(lake: Lake) -> None:
+    """A background ``LakeTables`` hands nothing to ``on_index`` until its owner calls
+    ``start`` (the engine does once its footer cache exists: before, the hand-off ran
+    into an engine still being built)."""
+    import threading
+
+    from k2.config import QuerySettings
+    from k2.query.lake import LakeTables
+    from tests.waiting import until
+
+    handed: list[str] = []
+    ready = threading.Event()
+
+    def on_index(data_type: str, _index: object) -> None:
+        assert ready.is_set(), "on_index before start()"
+        handed.append(data_type)
+
+    tables = LakeTables(lake.catalog, lake.settings.namespace, QuerySettings(refresh_ms=10),
+                        on_index=on_index, background=True)  # fmt: skip
+    try:
+        assert tables._thread is None and not handed
+        ready.set()
+        tables.start()
+        until(lambda: {"trades", "quotes"} <= set(handed), "the hand-off after start", 30)
+    finally:
+        tables.close()

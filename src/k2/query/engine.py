@@ -157,6 +157,7 @@ class QueryEngine:
             self._lake.close()
             self._db.close()
             raise
+        self._lake.start()  # its thread reads ahead into self._footers
 
     @classmethod
     def open(cls, settings: Settings, *, tail: Tail | None = None) -> QueryEngine:

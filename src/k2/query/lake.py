@@ -58,7 +58,8 @@ class LakeTables:
     ``on_load`` is called with every newly loaded state (before queries see it), from
     the refreshing thread; ``on_index`` with the index of each data type's current
     snapshot, from the background thread only (when it starts and after each refresh),
-    to read ahead what queries will need. Thread-safe.
+    to read ahead what queries will need. With ``background``, :meth:`start` starts
+    that thread (the owner calls it once ``on_index`` can run). Thread-safe.
     """
 
     def __init__(
@@ -92,8 +93,14 @@ class LakeTables:
         on_load(state)
         self._state = state
         self._stop = threading.Event()
+        self._background = background
         self._thread: threading.Thread | None = None
-        if background:
+
+    def start(self) -> None:
+        """Start the background refresh (``background``), once the owner is ready for
+        ``on_index``; until then, and without ``background``, states are refreshed
+        inline when stale."""
+        if self._background and self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._loop, name="k2-query-refresh", daemon=True)
             self._thread.start()
 
