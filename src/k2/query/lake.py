@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from k2.config import QuerySettings
 from k2.errors import TransientError
+from k2.lake.catalog import metadata_locations
 from k2.lake.snapshots import SnapshotInfo, list_snapshots
 from k2.lake.tables import TABLE_DEFS, ensure_tables
 from k2.ops.log import get_logger
@@ -55,8 +56,8 @@ class LakeState:
 class LakeTables:
     """Loads and refreshes K2's tables in ``namespace``; resolves snapshots to indexes.
 
-    ``on_load`` is called with every newly loaded state (before queries see it), from
-    the refreshing thread; ``on_index`` with the index of each data type's current
+    ``on_load`` is called with every state holding newly loaded tables (before queries
+    see it), from the refreshing thread; ``on_index`` with the index of each data type's current
     snapshot, from the background thread only (when it starts and after each refresh),
     to read ahead what queries will need. With ``background``, :meth:`start` starts
     that thread (the owner calls it once ``on_index`` can run). Thread-safe.
@@ -107,20 +108,33 @@ class LakeTables:
     def refresh(self) -> LakeState:
         """Load the tables' newest metadata now and index their current snapshots.
 
+        Where the catalog can say cheaply which metadata file is current
+        (:func:`~k2.lake.catalog.metadata_locations`), only tables with a new one are
+        loaded, and ``on_load`` runs only when one was: a refresh that finds nothing
+        committed costs one catalog query instead of parsing every table's metadata.
         Raises :class:`~k2.errors.TransientError` when the catalog cannot be read.
         """
         with self._lock:
+            mono, at = time.monotonic(), datetime.now(UTC)
+            loaded = self._state.tables
+            names = {name: TABLE_DEFS[name].identifier(self._namespace) for name in ENGINE_TABLES}
             try:
-                tables = {
-                    name: self._catalog.load_table(TABLE_DEFS[name].identifier(self._namespace))
+                current = metadata_locations(self._catalog, list(names.values()))
+                stale = [
+                    name
                     for name in ENGINE_TABLES
+                    if current is None or current.get(names[name]) != loaded[name].metadata_location
+                ]
+                tables = dict(loaded) | {
+                    name: self._catalog.load_table(names[name]) for name in stale
                 }
             except Exception as exc:  # any catalog driver's error: the catalog is unreachable
                 raise TransientError(f"cannot load the lake tables: {exc!r}") from exc
-            state = LakeState(tables, time.monotonic(), datetime.now(UTC))
-            self._on_load(state)
-            for data_type in ("trades", "quotes"):
-                self.index(state, data_type, state.current(data_type))  # off the query path
+            state = LakeState(tables, mono, at)
+            if stale:
+                self._on_load(state)
+                for data_type in ("trades", "quotes"):
+                    self.index(state, data_type, state.current(data_type))  # off the query path
             self._state = state
             return state
 

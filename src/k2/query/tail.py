@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from k2.config import QuerySettings, Settings
 from k2.errors import K2Error, TerminalError, TransientError
+from k2.lake.catalog import refresh_if_changed
 from k2.lake.sink_offsets import lake_offsets
 from k2.lake.tables import TABLE_DEFS
 from k2.log.base import Log, Produced, TopicPartition
@@ -390,7 +391,7 @@ class LiveTail:
         a failure leaves the stream as it was."""
         table = stream.table
         try:
-            table.refresh()
+            refresh_if_changed(table)
         except Exception as exc:  # the catalog's own errors (SQL, HTTP, S3): the boundary
             raise LakeUnavailable(f"refreshing {table.name()}: {exc!r}") from exc
         snapshot = table.current_snapshot()
