@@ -2,10 +2,12 @@
 
 Queries plan from :class:`LakeState` (the tables' metadata as last loaded) and the
 snapshot indexes of :mod:`k2.query.files`; neither costs catalog or manifest I/O on the
-query path. :class:`LakeTables` reloads the metadata every ``refresh_ms`` on a
-background thread (and indexes a new snapshot there), or inline at most that often
-when built without the thread. A snapshot asked for by id or time that the loaded
-metadata does not know yet triggers one reload, so a commit made a moment ago is found.
+query path. :class:`LakeTables` looks for new snapshots every ``refresh_ms`` on a
+background thread, or inline at most that often when built without the thread; it
+asks the catalog which metadata file is current (one query on a SQL catalog) and
+reloads, and indexes there, only the tables that changed. A snapshot asked for by id
+or time that the loaded metadata does not know yet triggers one reload, so a commit
+made a moment ago is found.
 """
 
 from __future__ import annotations

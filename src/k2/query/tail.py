@@ -24,7 +24,8 @@ relies on end offsets (the Kafka log reads to the end the fetch reports; a Tansu
 broker's high watermark is wrong): ``log_end`` is where the tail has read to.
 
 Timing (``QuerySettings``): the log is polled every ``tail_poll_ms`` (100 ms), the lake
-refreshed every ``refresh_ms`` (250 ms), and a new view is published after each poll,
+looked at every ``refresh_ms`` (250 ms; a table is reloaded only after a commit,
+:func:`~k2.lake.catalog.refresh_if_changed`), and a new view is published after each poll,
 so a record is visible about one poll interval plus one read after the log has it.
 Measured with ``tests/query/tail_latency.py`` (2-core VM, embedded log with 40 + 40
 partitions and ``full`` durability, the sink committing every second, 300 batches):
