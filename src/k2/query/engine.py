@@ -4,9 +4,9 @@
 in-memory index of each snapshot's data files (:mod:`k2.query.files`): a query does no
 catalog or manifest I/O. A background thread looks for new snapshots every
 ``QuerySettings.refresh_ms`` and reloads only a table that has one (:mod:`k2.query.lake`),
-never per query. With a live tail attached
-(:class:`~k2.query.base.Tail`) and no ``as_of``, answers are *hybrid*: the lake at the
-tail view's snapshot plus the tail's rows (:mod:`k2.query.hybrid`).
+never per query. With a live tail attached (:class:`~k2.query.base.Tail`) and no
+``as_of``, answers are *hybrid*: the lake at the tail view's snapshot plus the tail's
+rows (:mod:`k2.query.hybrid`).
 
 Every method returns a :class:`~k2.query.base.QueryResult` (Arrow rows with exact
 decimals and UTC µs timestamps, plus :class:`~k2.query.base.QueryMeta`) and raises

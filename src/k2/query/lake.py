@@ -59,9 +59,9 @@ class LakeTables:
     """Loads and refreshes K2's tables in ``namespace``; resolves snapshots to indexes.
 
     ``on_load`` is called with every state holding newly loaded tables (before queries
-    see it), from the refreshing thread; ``on_index`` with the index of each data type's current
-    snapshot, from the background thread only (when it starts and after each refresh),
-    to read ahead what queries will need. With ``background``, :meth:`start` starts
+    see it), from the refreshing thread; ``on_index`` with the index of each data type's
+    current snapshot, from the background thread only (when it starts and after each
+    refresh), to read ahead what queries will need. With ``background``, :meth:`start` starts
     that thread (the owner calls it once ``on_index`` can run). Thread-safe.
     """
 

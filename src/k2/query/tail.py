@@ -25,8 +25,8 @@ broker's high watermark is wrong): ``log_end`` is where the tail has read to.
 
 Timing (``QuerySettings``): the log is polled every ``tail_poll_ms`` (100 ms), the lake
 looked at every ``refresh_ms`` (250 ms; a table is reloaded only after a commit,
-:func:`~k2.lake.catalog.refresh_if_changed`), and a new view is published after each poll,
-so a record is visible about one poll interval plus one read after the log has it.
+:func:`~k2.lake.catalog.refresh_if_changed`), and a new view is published after each
+poll, so a record is visible about one poll interval plus one read after the log has it.
 Measured with ``tests/query/tail_latency.py`` (2-core VM, embedded log with 40 + 40
 partitions and ``full`` durability, the sink committing every second, 300 batches):
 produce-returned → visible median 54 ms, p90 91-98 ms, max 103-291 ms over two runs
